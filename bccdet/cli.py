@@ -1,0 +1,260 @@
+"""The bccdet command line (typer). ``python cli.py ...`` and the installed ``bccdet`` run this app.
+
+Errors the user can fix are printed as one line (``error: ...``) with exit status 2 (usage / unusable
+input) or 1 (some inputs failed); set ``BCCDET_DEBUG=1`` to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .convert.common import ConversionError
+from .io import InputError
+
+app = typer.Typer(
+    name="bccdet",
+    help="Find, outline and type every cell in peripheral blood smears (research use, not a diagnosis).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+convert_app = typer.Typer(help="Convert data sets into YOLO detect / segment / classify layouts.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the models.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
+app.add_typer(train_app, name="train")
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+
+
+def friendly(fn):
+    """Turn known errors into one line + exit code; unknown ones too, unless BCCDET_DEBUG is set."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except (ConversionError, InputError) as e:
+            _err(str(e))
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130)
+        except typer.Exit:
+            raise
+        except Exception as e:  # last resort: never a traceback for users
+            if os.environ.get("BCCDET_DEBUG"):
+                raise
+            _err(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set BCCDET_DEBUG=1 for details)")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------- analyze
+@app.command()
+@friendly
+def analyze(
+    images: List[Path] = typer.Argument(None, help="Smear images (JPG, PNG, TIFF, ...)."),
+    out: Path = typer.Option(Path("bccdet-out"), "--out", "-o", help="Output folder; one sub-folder per image."),
+    sample: bool = typer.Option(False, "--sample", help="Analyse the sample smear (first BCCD test image)."),
+    detector: Optional[str] = typer.Option(None, help="Detector name from weights/registry.json or a .pt file."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine masks with SAM."),
+    classify: bool = typer.Option(True, "--classify/--no-classify", help="Classify leukocytes."),
+):
+    """Detect, segment and type every cell of each smear image and write a report per image."""
+    from .io import read_image
+    from .weights import resolve
+
+    paths = list(images or [])
+    if sample:
+        from .data import sample_image
+
+        paths.insert(0, sample_image())
+    if not paths:
+        _err("no images given (pass image files, or --sample)")
+        raise typer.Exit(2)
+    ok, failed = [], 0
+    for p in paths:
+        try:
+            img = read_image(p)
+            ok.append((p, img))
+            typer.echo(f"read {p}: {img.shape[1]}x{img.shape[0]}")
+        except InputError as e:
+            _err(str(e))
+            failed += 1
+    if not ok:
+        raise typer.Exit(1)
+    weights, name, sha = resolve(detector, "detector")  # raises WeightsError (one line, exit 2) when none
+    typer.echo(f"detector {name} ({sha[:12]}) from {weights}")
+    _err("the detection pipeline is not built yet in this version (see the analyze issue)")
+    raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------------- convert
+def _finish(report, out: Path, samples, writer, **kw) -> None:
+    if not samples:
+        typer.echo(report.format())
+        raise ConversionError("nothing to convert: every item was dropped (see the list above)")
+    writer(samples, out, report, **kw)
+    typer.echo(report.format())
+    typer.echo(f"wrote {out} ({sum(report.images.values())} images); summary in {out / 'summary.json'}")
+
+
+_OUT = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically when complete).")
+_TASK = typer.Option("detect", help="detect (boxes) or segment (polygons).")
+_MASKS = typer.Option("ellipse", help="For segment: masks from boxes: ellipse (inscribed) or box.")
+_SEED = typer.Option(0, help="Seed of the random split (deterministic).")
+
+
+def _det_convert(loader, root: Path, out: Path, task: str, masks: str, name: str, prefer=()):
+    from .convert.common import Report, dedup_and_check_leakage, write_yolo_detection
+
+    report = Report(name)
+    samples = loader(root, report)
+    samples = dedup_and_check_leakage(samples, report, prefer=prefer)
+    _finish(report, out, samples, write_yolo_detection, task=task, masks=masks)
+
+
+@convert_app.command("bccd")
+@friendly
+def convert_bccd(root: Path = typer.Argument(..., help="BCCD folder (Annotations/, JPEGImages/, ImageSets/)."),
+                 out: Path = _OUT, task: str = _TASK, masks: str = _MASKS):
+    """BCCD Pascal VOC -> YOLO, keeping the published train/val/test split (205/87/72)."""
+    from .convert.detection import load_bccd
+
+    _det_convert(load_bccd, root, out, task, masks, "bccd")
+
+
+@convert_app.command("txl-pbc")
+@friendly
+def convert_txl(root: Path = typer.Argument(..., help="TXL-PBC folder (data.yaml, images/, labels/)."),
+                out: Path = _OUT, task: str = _TASK, masks: str = _MASKS):
+    """TXL-PBC YOLO boxes -> our class order (rbc, wbc, platelet)."""
+    from .convert.detection import load_txl_pbc
+
+    _det_convert(load_txl_pbc, root, out, task, masks, "txl-pbc")
+
+
+@convert_app.command("roboflow")
+@friendly
+def convert_roboflow(
+    src: Optional[Path] = typer.Argument(None, help="Roboflow export: folder or zip (YOLO, COCO or VOC)."),
+    out: Path = _OUT, task: str = _TASK, masks: str = _MASKS,
+    download: Optional[str] = typer.Option(None, help="WORKSPACE/PROJECT/VERSION to download (needs ROBOFLOW_API_KEY)."),
+):
+    """A Roboflow export (or SDK download) -> YOLO."""
+    from .convert.roboflow import download_roboflow, load_roboflow
+
+    if download:
+        parts = download.split("/")
+        if len(parts) != 3:
+            raise ConversionError("--download expects WORKSPACE/PROJECT/VERSION")
+        src = download_roboflow(parts[0], parts[1], int(parts[2]), out.with_name(out.name + "-download"))
+    if src is None:
+        raise ConversionError("give an export folder/zip or --download WORKSPACE/PROJECT/VERSION")
+    _det_convert(lambda r, rep: load_roboflow(r, rep, work=out.with_name(out.name + "-extracted")), src, out, task, masks, "roboflow")
+
+
+@convert_app.command("merge")
+@friendly
+def convert_merge(
+    sources: List[Path] = typer.Argument(..., help="Converted YOLO detect/segment folders; on duplicates the first listed wins."),
+    out: Path = _OUT, task: str = _TASK, masks: str = _MASKS,
+):
+    """Merge converted detection sets: de-duplicate by pixel hash and fail on test leakage."""
+    from .convert.common import Report, SPLITS, dedup_and_check_leakage, write_yolo_detection
+    from .convert.detection import load_yolo_split, read_yolo_names
+
+    report = Report("merged")
+    samples = []
+    for src in sources:
+        if not (src / "data.yaml").exists():
+            raise ConversionError(f"{src}: not a converted YOLO folder (no data.yaml)")
+        names = read_yolo_names(src / "data.yaml")
+        for sp in SPLITS:
+            if (src / "images" / sp).is_dir():
+                got = load_yolo_split(src / "images" / sp, src / "labels" / sp, names, sp, src.name, report)
+                for s in got:
+                    s.name = s.image.stem  # already prefixed by its source at conversion
+                samples += got
+    samples = dedup_and_check_leakage(samples, report, prefer=[s.name for s in sources])
+    _finish(report, out, samples, write_yolo_detection, task=task, masks=masks)
+
+
+def _cls_convert(loader, root: Path, out: Path, name: str, **kw):
+    from .convert.common import Report, write_classify
+
+    report = Report(name)
+    samples = loader(root, report, **kw)
+    _finish(report, out, samples, write_classify)
+
+
+@convert_app.command("pbc")
+@friendly
+def convert_pbc(root: Path = typer.Argument(..., help="PBC class folders (JPG original or WebP copy)."),
+                out: Path = _OUT, seed: int = _SEED):
+    """PBC -> classify layout: duplicates removed, stratified 70/15/15 split."""
+    from .convert.classify import load_pbc
+
+    _cls_convert(load_pbc, root, out, "pbc", seed=seed)
+
+
+@convert_app.command("deepapl")
+@friendly
+def convert_deepapl(root: Path = typer.Argument(..., help="DeepAPL folder (master.csv, Patient_*/<class>/)."),
+                    out: Path = _OUT, seed: int = _SEED):
+    """DeepAPL -> classify layout split by patient (stratified by APL/AML), classes mapped to our vocabulary."""
+    from .convert.classify import load_deepapl
+
+    _cls_convert(load_deepapl, root, out, "deepapl", seed=seed)
+
+
+@convert_app.command("folder")
+@friendly
+def convert_folder(root: Path = typer.Argument(..., help="ROOT/<class>/* or ROOT/{train,val,test}/<class>/*."),
+                   out: Path = _OUT, seed: int = _SEED,
+                   keep_names: bool = typer.Option(False, help="Keep folder names instead of mapping to our labels.")):
+    """Generic class folders (e.g. the Kaggle blood-cell images) -> classify layout."""
+    from .convert.classify import load_folder
+
+    _cls_convert(load_folder, root, out, root.name, seed=seed, keep_names=keep_names)
+
+
+# ---------------------------------------------------------------------- train
+@train_app.command("detector")
+@friendly
+def train_detector(
+    data: Path = typer.Option(..., help="data.yaml of a converted detect/segment set."),
+    model: str = typer.Option("yolov8n-seg.yaml", help="Model yaml or .pt to start from."),
+    init: Optional[str] = typer.Option("tau-fibrils", help="Backbone init: tau-fibrils, none, or a .pt file."),
+    epochs: int = typer.Option(50), imgsz: int = typer.Option(416), batch: int = typer.Option(16),
+    project: Path = typer.Option(Path("runs/detector")), name: str = typer.Option("train"),
+    device: str = typer.Option("cpu"), workers: int = typer.Option(2),
+    fraction: float = typer.Option(1.0, help="Fraction of the training images to use."),
+    resume: bool = typer.Option(False, help="Resume from PROJECT/NAME/weights/last.pt."),
+):
+    """Train the YOLOv8-seg detector with ultralytics (checkpoints every epoch)."""
+    from .adapters.yolo import train
+
+    if not data.exists():
+        raise InputError(f"{data}: no such data.yaml")
+    best = train(data, model=model, init=init, epochs=epochs, imgsz=imgsz, batch=batch, project=project,
+                 name=name, device=device, workers=workers, fraction=fraction, resume=resume)
+    typer.echo(f"best weights: {best}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Dataset conversion into the YOLO detect / segment / classify layouts (see docs/data.md)."""

@@ -1,0 +1,180 @@
+"""Safe image reading (clear one-line errors) and atomic output writing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MAX_PIXELS = 120_000_000  # ~11k x 11k; larger inputs are refused with a clear message
+
+
+class InputError(Exception):
+    """Bad user input: the message is one line meant for the user (no traceback)."""
+
+
+def is_image_path(p: str | Path) -> bool:
+    return Path(p).suffix.lower() in IMAGE_SUFFIXES
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header only, EXIF orientation applied; raises InputError."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    _check_file(p)
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            try:
+                orient = im.getexif().get(0x0112, 1)
+            except Exception:
+                orient = 1
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"{p}: not a readable image ({_short(e)})") from None
+    return (h, w) if orient in (5, 6, 7, 8) else (w, h)
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected an image file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: empty file (0 bytes)")
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else type(e).__name__
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image as an RGB uint8 array (h, w, 3).
+
+    EXIF orientation is applied; grayscale, palette, RGBA (composited on white) and 16-bit images are
+    converted. Missing, empty, truncated and non-image files raise ``InputError`` with a one-line reason.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    _check_file(p)
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(
+                    f"{p}: image is {w}x{h} ({w * h / 1e6:.0f} MP), above the {max_pixels / 1e6:.0f} MP limit; "
+                    "split it into fields or use `bccdet batch` for whole-slide scans"
+                )
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = _to_rgb8(im)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{p}: not a readable image ({_short(e)})") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{p}: image too large ({_short(e)})") from None
+    return arr
+
+
+def _to_rgb8(im) -> np.ndarray:
+    from PIL import Image
+
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() if a.size else 0
+        scale = 65535.0 if mode.startswith("I;16") or hi > 255 else 255.0
+        if mode == "F" and hi <= 1.0:
+            scale = 1.0
+        a = np.clip(a / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def read_image_any_depth(path: str | Path) -> np.ndarray:
+    """16-bit RGB PNG/TIFF are not handled by PIL's RGB modes: fall back to OpenCV for those."""
+    try:
+        return read_image(path)
+    except InputError:
+        import cv2
+
+        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        if a is None:
+            raise
+        if a.dtype == np.uint16:
+            a = (a / 257.0 + 0.5).astype(np.uint8)
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        elif a.shape[2] == 4:
+            a = a[..., :3]
+        return np.ascontiguousarray(a[..., ::-1])
+
+
+# ---------------------------------------------------------------------- atomic writing
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and move it into place only when complete.
+
+    An interrupted run leaves at most a hidden ``.NAME.partial-*`` folder, never a half-written ``NAME``.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,72 @@
+"""Model registry: a name -> file + sha256 (+ download URL for users with internet)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import REPO, cache_dir, download
+from .io import InputError, sha256_file
+
+WEIGHTS_DIR = REPO / "weights"
+REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
+
+
+class WeightsError(InputError):
+    """A model's weights are missing or do not match their sha256."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    task: str  # detector | classifier | sam
+    file: str  # relative to weights/
+    sha256: str
+    url: str = ""
+    card: str = ""
+    default: bool = False
+
+
+def registry() -> dict[str, ModelEntry]:
+    if not REGISTRY_FILE.exists():
+        return {}
+    raw = json.loads(REGISTRY_FILE.read_text())
+    return {m["name"]: ModelEntry(**m) for m in raw.get("models", [])}
+
+
+def default_name(task: str) -> str | None:
+    for m in registry().values():
+        if m.task == task and m.default:
+            return m.name
+    return None
+
+
+def resolve(name_or_path: str | None, task: str) -> tuple[Path, str, str]:
+    """(file, name, sha256) for a registered name, a path, or the task's default; raises WeightsError."""
+    if name_or_path and Path(name_or_path).is_file():
+        p = Path(name_or_path)
+        return p, p.stem, sha256_file(p)
+    reg = registry()
+    name = name_or_path or default_name(task)
+    if name is None:
+        raise WeightsError(
+            f"no {task} weights yet: none is registered in weights/registry.json. "
+            f"Train one (`bccdet train {task}`) or pass a weights file with --{task}"
+        )
+    if name not in reg:
+        import difflib
+
+        hint = difflib.get_close_matches(name, list(reg), n=1)
+        raise WeightsError(f"unknown {task} model {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {sorted(reg)}"))
+    m = reg[name]
+    for p in (WEIGHTS_DIR / m.file, cache_dir() / m.file):
+        if p.is_file():
+            got = sha256_file(p)
+            if got != m.sha256:
+                raise WeightsError(f"{p}: sha256 {got[:12]}... does not match the registry ({m.sha256[:12]}...)")
+            return p, m.name, m.sha256
+    if m.url:
+        p = download(m.url, cache_dir() / m.file, m.sha256)
+        return p, m.name, m.sha256
+    raise WeightsError(f"{m.name}: weights file {m.file} is missing from weights/ and has no download URL")
