@@ -92,8 +92,11 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"{p}: not a readable image ({_short(e)})") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{p}: image too large ({_short(e)})") from None
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"{p}: image is above the {max_pixels / 1e6:.0f} MP limit; split it into fields or use `bccdet batch` "
+            "for whole-slide scans"
+        ) from None
     return arr
 
 

@@ -1,0 +1,78 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bccdet.io import InputError, atomic_dir, read_image, write_text_atomic
+
+
+def test_missing_dir_empty_text(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "nope.jpg")
+    with pytest.raises(InputError, match="is a directory"):
+        read_image(tmp_path)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(InputError, match="0 bytes"):
+        read_image(tmp_path / "empty.jpg")
+    (tmp_path / "text.jpg").write_text("hello, not a picture")
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(tmp_path / "text.jpg")
+
+
+def test_truncated_jpeg(tmp_path):
+    p = tmp_path / "full.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), np.uint8)).save(p, quality=90)
+    data = p.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_modes_become_rgb8(tmp_path):
+    g = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (10, 1))
+    Image.fromarray(g, "L").save(tmp_path / "g.png")
+    a = read_image(tmp_path / "g.png")
+    assert a.shape == (10, 64, 3) and a.dtype == np.uint8 and np.array_equal(a[..., 0], g)
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:4, :, 3] = 255  # top half opaque red, bottom half transparent -> white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    a = read_image(tmp_path / "a.png")
+    assert tuple(a[0, 0]) == (200, 0, 0) and tuple(a[7, 7]) == (255, 255, 255)
+
+    g16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    a = read_image(tmp_path / "g16.png")
+    assert a.dtype == np.uint8 and a.max() == round(99 * 600 / 65535 * 255)
+
+
+def test_exif_rotation_applied(tmp_path):
+    img = Image.fromarray(np.zeros((20, 40, 3), np.uint8))  # w=40, h=20
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW when shown
+    img.save(tmp_path / "r.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "r.jpg").shape[:2] == (40, 20)
+
+
+def test_huge_image_refused_without_decoding(tmp_path):
+    p = tmp_path / "big.png"
+    Image.new("L", (20000, 20000)).save(p, optimize=False)
+    with pytest.raises(InputError, match="above the"):
+        read_image(p)
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "half.json").write_text("{")
+            raise RuntimeError("killed")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    with atomic_dir(tmp_path / "out") as d:
+        (d / "ok.txt").write_text("1")
+    assert (tmp_path / "out" / "ok.txt").read_text() == "1"
+    write_text_atomic(tmp_path / "x" / "r.json", "{}")
+    assert (tmp_path / "x" / "r.json").read_text() == "{}"
+    assert not [p for p in os.listdir(tmp_path / "x") if p.endswith(".tmp")]

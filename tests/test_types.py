@@ -1,0 +1,141 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bccdet.types import KINDS, Cells, CellsError, SmearMeta, mask_to_polygon, normalize_kind, rle_decode, rle_encode
+
+
+def disc_cells(h=120, w=160):
+    """Three cells with real disc masks (a touching pair and one on the border)."""
+    yy, xx = np.mgrid[:h, :w]
+    specs = [(40, 50, 15, "rbc"), (68, 50, 13, "wbc"), (150, 110, 12, "platelet")]
+    full, boxes, kinds = [], [], []
+    for cx, cy, r, k in specs:
+        m = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        ys, xs = np.nonzero(m)
+        full.append(m)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        kinds.append(k)
+    meta = SmearMeta(path="synthetic.png", width=w, height=h)
+    return Cells.from_full_masks(np.array(boxes, np.float32), kinds, full, meta=meta, score=[0.9, 0.8, 0.7]), np.stack(full)
+
+
+def test_validation_errors():
+    with pytest.raises(CellsError, match="shape"):
+        Cells(xyxy=np.zeros((2, 3)), kind=["rbc", "rbc"])
+    with pytest.raises(CellsError, match="unknown cell kind"):
+        Cells(xyxy=np.zeros((1, 4)), kind=["neutrophil"])
+    with pytest.raises(CellsError, match="x2 >= x1"):
+        Cells(xyxy=[[10, 0, 5, 5]], kind=["rbc"])
+    with pytest.raises(CellsError, match="NaN"):
+        Cells(xyxy=[[np.nan, 0, 5, 5]], kind=["rbc"])
+    with pytest.raises(CellsError, match="expected 2"):
+        Cells(xyxy=np.zeros((2, 4)), kind=["rbc", "wbc"], score=[1.0])
+
+
+def test_indexing_concat_counts():
+    cells, full = disc_cells()
+    assert len(cells) == 3 and cells.counts() == {"rbc": 1, "wbc": 1, "platelet": 1}
+    sub = cells[cells.kind != "rbc"]
+    assert len(sub) == 2 and list(sub.kind) == ["wbc", "platelet"]
+    assert np.array_equal(sub.full_mask(0), full[1])
+    both = Cells.concat([cells, sub])
+    assert len(both) == 5 and both.counts()["wbc"] == 2
+    assert len(Cells.empty()) == 0 and Cells.empty().counts() == {k: 0 for k in KINDS}
+
+
+def test_masks_are_cropped_not_full_image():
+    cells, full = disc_cells()
+    for i in range(len(cells)):
+        m = cells.masks[i]
+        x1, y1, x2, y2 = cells.xyxy[i]
+        assert m.shape == (int(y2 - y1), int(x2 - x1))  # crop of the box, not 120x160
+        assert np.array_equal(cells.full_mask(i), full[i])
+
+
+def test_supervision_roundtrip():
+    cells, full = disc_cells()
+    det = cells.to_detections()
+    assert det.mask.shape == (3, 120, 160)
+    assert list(det.class_id) == [KINDS.index(k) for k in cells.kind]
+    back = Cells.from_detections(det, meta=cells.meta)
+    assert np.allclose(back.xyxy, cells.xyxy)
+    assert list(back.kind) == list(cells.kind)
+    assert np.allclose(back.score, cells.score)
+    assert np.array_equal(back.full_masks(), full)
+
+
+def test_coco_roundtrip_rle():
+    cells, full = disc_cells()
+    anns = cells.to_coco(image_id=7)
+    json.dumps(anns)  # serialisable
+    assert all(isinstance(a["segmentation"]["counts"], str) for a in anns)
+    assert [a["area"] for a in anns] == [float(m.sum()) for m in full]
+    back = Cells.from_coco(anns, cells.meta)
+    assert list(back.kind) == list(cells.kind)
+    assert np.allclose(back.xyxy, cells.xyxy)
+    assert np.array_equal(back.full_masks(), full)
+
+
+def test_rle_matches_pycocotools_decoding():
+    m = np.zeros((30, 40), bool)
+    m[5:20, 7:33] = True
+    m[10, 10] = False
+    r = rle_encode(m)
+    assert r["size"] == [30, 40]
+    assert np.array_equal(rle_decode(r), m)
+
+
+def test_yolo_detect_roundtrip():
+    cells, _ = disc_cells()
+    lines = cells.to_yolo()
+    assert all(len(ln.split()) == 5 for ln in lines)
+    back = Cells.from_yolo(lines, cells.meta)
+    assert np.allclose(back.xyxy, cells.xyxy, atol=0.01)
+    assert list(back.kind) == list(cells.kind)
+
+
+def test_yolo_segment_roundtrip_keeps_mask_shape():
+    cells, full = disc_cells()
+    lines = cells.to_yolo(segments=True)
+    back = Cells.from_yolo(lines, cells.meta)
+    for i in range(len(cells)):
+        a, b = full[i], back.full_mask(i)
+        iou = (a & b).sum() / (a | b).sum()
+        assert iou > 0.85, (i, iou)  # polygon simplification costs a little at the rim only
+
+
+def test_yolo_bad_lines():
+    meta = SmearMeta(width=100, height=100)
+    with pytest.raises(CellsError, match="class 7"):
+        Cells.from_yolo(["7 0.5 0.5 0.1 0.1"], meta)
+    with pytest.raises(CellsError, match="not numbers"):
+        Cells.from_yolo(["0 a b c d"], meta)
+    with pytest.raises(CellsError, match="expected 5 numbers"):
+        Cells.from_yolo(["0 0.5 0.5 0.1"], meta)
+    assert len(Cells.from_yolo(["", "  "], meta)) == 0
+
+
+def test_normalize_kind_aliases():
+    assert normalize_kind("Platelets") == "platelet"
+    assert normalize_kind("RBC") == "rbc"
+    assert normalize_kind("White Blood Cell") == "wbc"
+    with pytest.raises(CellsError):
+        normalize_kind("cells")
+
+
+def test_mask_to_polygon_empty():
+    assert mask_to_polygon(np.zeros((5, 5), bool)) is None
+
+
+def test_import_bccdet_is_light():
+    code = (
+        "import sys, bccdet, bccdet.cli, bccdet.types, bccdet.io, bccdet.convert.common, bccdet.weights;"
+        "heavy=[m for m in ('torch','ultralytics','fiftyone','ray','supervision','timm') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
