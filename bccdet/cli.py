@@ -69,11 +69,16 @@ def analyze(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine masks with SAM."),
     classify: bool = typer.Option(True, "--classify/--no-classify", help="Classify leukocytes."),
+    fmt: List[str] = typer.Option([], "--format", help="Extra exports: coco, geojson (repeatable)."),
 ):
-    """Detect, segment and type every cell of each smear image and write a report per image."""
-    from .io import read_image
+    """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
+    from .io import atomic_dir, read_image
     from .weights import resolve
 
+    bad_fmt = sorted(set(fmt) - {"coco", "geojson"})
+    if bad_fmt:
+        _err(f"unknown --format {bad_fmt}; expected coco or geojson")
+        raise typer.Exit(2)
     paths = list(images or [])
     if sample:
         from .data import sample_image
@@ -82,21 +87,42 @@ def analyze(
     if not paths:
         _err("no images given (pass image files, or --sample)")
         raise typer.Exit(2)
-    ok, failed = [], 0
+    weights, name, sha = resolve(detector, "detector")  # one clear line (exit 2) when there is none
+    from .adapters.yolo import YoloDetector
+    from .pipeline import Pipeline
+    from .report import write_outputs
+
+    pipe = Pipeline(detector=YoloDetector(weights, name=name, sha256=sha, device=device))
+    skipped = []
+    if refine:
+        skipped.append("SAM refinement (--refine): not built yet, masks are the detector's")
+    if classify:
+        skipped.append("WBC classification (--classify): no classifier weights yet, labels are null")
+    for msg in skipped:
+        typer.echo(f"note: {msg}", err=True)
+    failed = 0
+    used: set = set()
     for p in paths:
         try:
             img = read_image(p)
-            ok.append((p, img))
-            typer.echo(f"read {p}: {img.shape[1]}x{img.shape[0]}")
         except InputError as e:
             _err(str(e))
             failed += 1
-    if not ok:
+            continue
+        stem = Path(p).stem
+        k = 1
+        while stem in used:  # two images with the same name
+            stem = f"{Path(p).stem}_{k}"
+            k += 1
+        used.add(stem)
+        cells = pipe.run(img, p)
+        with atomic_dir(out / stem) as tmp:
+            rep = write_outputs(tmp, img, cells, pipe.models(), pipe.timings, formats=tuple(fmt))
+        c = rep["summary"]["counts"]
+        typer.echo(f"{p}: {c['rbc']} RBC, {c['wbc']} WBC, {c['platelet']} platelets "
+                   f"({pipe.timings['total']:.0f} ms) -> {out / stem}/report.html")
+    if failed:
         raise typer.Exit(1)
-    weights, name, sha = resolve(detector, "detector")  # raises WeightsError (one line, exit 2) when none
-    typer.echo(f"detector {name} ({sha[:12]}) from {weights}")
-    _err("the detection pipeline is not built yet in this version (see the analyze issue)")
-    raise typer.Exit(2)
 
 
 # ---------------------------------------------------------------------- convert

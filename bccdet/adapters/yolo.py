@@ -108,3 +108,25 @@ def results_to_cells(result, meta: SmearMeta, names: dict | None = None) -> Cell
     if cells.has_masks:
         cells.mask_source = np.array(["yolo"] * len(cells), dtype=object)
     return cells
+
+
+class YoloDetector:
+    """YOLOv8(-seg) detector stage: RGB image -> Cells (masks, when the model has a mask head)."""
+
+    def __init__(self, weights: str | Path, name: str = "", sha256: str = "", device: str = "cpu",
+                 imgsz: int = 416, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000):
+        setup_offline()
+        from ultralytics import YOLO
+
+        self.model = YOLO(str(weights))
+        self.name = name or Path(weights).stem
+        self.sha256 = sha256
+        self.kw = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False, retina_masks=True)
+        names = self.model.names
+        bad = [n for n in names.values() if n not in KINDS]
+        if bad:
+            raise ValueError(f"{weights}: model classes {list(names.values())} are not {list(KINDS)}")
+
+    def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
+        r = self.model.predict(np.ascontiguousarray(image[..., ::-1]), **self.kw)[0]  # ultralytics wants BGR
+        return results_to_cells(r, meta, names=self.model.names)

@@ -1,0 +1,45 @@
+"""Chains the stages (detect -> refine -> classify); imports no ML framework itself."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .stages import Classifier, Detector, Refiner
+from .types import Cells, SmearMeta
+
+
+@dataclass
+class Pipeline:
+    detector: Detector
+    refiner: Refiner | None = None
+    classifier: Classifier | None = None
+    timings: dict = field(default_factory=dict)
+
+    def models(self) -> dict:
+        out = {}
+        for key, st in (("detector", self.detector), ("refiner", self.refiner), ("classifier", self.classifier)):
+            out[key] = None if st is None else {"name": st.name, "sha256": st.sha256}
+        return out
+
+    def run(self, image: np.ndarray, path: str | Path = "") -> Cells:
+        h, w = image.shape[:2]
+        meta = SmearMeta(path=str(path), width=w, height=h)
+        self.timings = {}
+        t0 = time.perf_counter()
+        cells = self.detector(image, meta)
+        t1 = time.perf_counter()
+        self.timings["detect"] = (t1 - t0) * 1e3
+        if self.refiner is not None and len(cells):
+            cells = self.refiner(image, cells)
+            t2 = time.perf_counter()
+            self.timings["refine"] = (t2 - t1) * 1e3
+            t1 = t2
+        if self.classifier is not None and len(cells):
+            cells = self.classifier(image, cells)
+            self.timings["classify"] = (time.perf_counter() - t1) * 1e3
+        self.timings["total"] = (time.perf_counter() - t0) * 1e3
+        return cells

@@ -1,0 +1,254 @@
+"""Counts, differential and flags -> report.json / cells.csv / overlay.png / report.html (see docs/report.md)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .types import KINDS, Cells, rle_encode
+from .vocab import LABELS
+
+# Adult reference intervals of the WBC differential, percent (typical laboratory ranges; docs/report.md).
+REFERENCE_INTERVALS = {
+    "neutrophil": (40.0, 75.0),
+    "lymphocyte": (20.0, 45.0),
+    "monocyte": (2.0, 10.0),
+    "eosinophil": (0.0, 6.0),
+    "basophil": (0.0, 2.0),
+}
+MIN_WBC_FOR_DIFFERENTIAL = 100  # a manual differential counts 100 leukocytes
+SMUDGE_FLAG_PERCENT = 10.0
+DISCLAIMER = "Research use only: flags point a trained reader at cells to review; they are not a diagnosis."
+
+
+def summarize(cells: Cells) -> dict[str, Any]:
+    counts = cells.counts()
+    labelled = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc" and lab is not None]
+    n_lab = len(labelled)
+    diff = {}
+    for lab in LABELS:
+        c = sum(1 for x in labelled if x == lab)
+        if c:
+            diff[lab] = {"count": c, "percent": round(100.0 * c / n_lab, 1)}
+    flags = []
+    n_wbc = counts["wbc"]
+    if n_wbc < MIN_WBC_FOR_DIFFERENTIAL:
+        flags.append({"code": "few_wbc", "message": f"only {n_wbc} WBC found (< {MIN_WBC_FOR_DIFFERENTIAL}): the differential is not reliable; analyse more fields"})
+    if n_lab == 0 and n_wbc:
+        flags.append({"code": "not_classified", "message": "WBCs were not classified (classifier off or unavailable): no differential"})
+    for lab, code, what in (("blast", "blasts_present", "blast(s)"), ("promyelocyte", "promyelocytes_present", "promyelocyte(s)")):
+        if lab in diff:
+            flags.append({"code": code, "message": f"{diff[lab]['count']} {what} found: review the gallery"})
+    if "smudge_cell" in diff and diff["smudge_cell"]["percent"] >= SMUDGE_FLAG_PERCENT:
+        flags.append({"code": "smudge_cells", "message": f"smudge cells {diff['smudge_cell']['percent']}% of WBCs (>= {SMUDGE_FLAG_PERCENT}%)"})
+    if n_lab >= MIN_WBC_FOR_DIFFERENTIAL:
+        for lab, (lo, hi) in REFERENCE_INTERVALS.items():
+            p = diff.get(lab, {"percent": 0.0})["percent"]
+            if not lo <= p <= hi:
+                flags.append({"code": "differential_out_of_range", "message": f"{lab} {p}% outside the adult reference interval {lo:g}-{hi:g}%"})
+    return {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
+
+
+def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict[str, Any]:
+    m = cells.meta
+    out_cells = []
+    for i in range(len(cells)):
+        x1, y1, x2, y2 = (round(float(v), 2) for v in cells.xyxy[i])
+        out_cells.append({
+            "id": i + 1,
+            "box": [x1, y1, x2, y2],
+            "kind": cells.kind[i],
+            "score": round(float(cells.score[i]), 4),
+            "mask": rle_encode(cells.full_mask(i)) if cells.masks[i] is not None else None,
+            "mask_source": cells.mask_source[i] if cells.mask_source[i] != "none" else None,
+            "area_px": int(cells.masks[i].sum()) if cells.masks[i] is not None else None,
+            "label": cells.label[i],
+            "label_score": None if np.isnan(cells.label_score[i]) else round(float(cells.label_score[i]), 4),
+            "review": bool(cells.review[i]),
+        })
+    rep = {
+        "image": {"path": m.path, "width": m.width, "height": m.height},
+        "models": models,
+        "cells": out_cells,
+        "summary": summarize(cells),
+    }
+    if timings:
+        rep["timings_ms"] = {k: round(v, 1) for k, v in timings.items()}
+    return rep
+
+
+def cells_csv(cells: Cells) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review"])
+    for i in range(len(cells)):
+        area = int(cells.masks[i].sum()) if cells.masks[i] is not None else ""
+        ls = "" if np.isnan(cells.label_score[i]) else f"{cells.label_score[i]:.4f}"
+        w.writerow([i + 1, cells.kind[i], f"{cells.score[i]:.4f}", *(f"{v:.1f}" for v in cells.xyxy[i]), area,
+                    cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i]))])
+    return buf.getvalue()
+
+
+KIND_COLORS = {"rbc": "#e5484d", "wbc": "#3e63dd", "platelet": "#30a46c"}
+
+
+def overlay(image: np.ndarray, cells: Cells) -> np.ndarray:
+    """Masks, boxes and labels drawn with supervision's annotators (RGB in, RGB out)."""
+    import supervision as sv
+
+    scene = image.copy()
+    if not len(cells):
+        return scene
+    det = cells.to_detections()
+    palette = sv.ColorPalette.from_hex([KIND_COLORS[k] for k in KINDS])
+    if det.mask is not None:
+        scene = sv.MaskAnnotator(color=palette, opacity=0.35).annotate(scene, det)
+    scene = sv.BoxAnnotator(color=palette, thickness=1).annotate(scene, det)
+    wbc = det[det.data["kind"] == "wbc"]
+    if len(wbc):
+        labels = [f"{lab or 'wbc'} {s:.2f}" if lab else f"wbc {c:.2f}" for lab, s, c in
+                  zip(wbc.data["label"], np.nan_to_num(wbc.data["label_score"]), wbc.confidence)]
+        scene = sv.LabelAnnotator(color=palette, text_scale=0.4, text_padding=2).annotate(scene, wbc, labels=labels)
+    return scene
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, format="PNG", optimize=True)
+    return b.getvalue()
+
+
+def _jpeg_b64(arr: np.ndarray) -> str:
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, format="JPEG", quality=88)
+    return base64.b64encode(b.getvalue()).decode("ascii")
+
+
+def wbc_crops(image: np.ndarray, cells: Cells, margin: float = 0.25) -> list[tuple[int, np.ndarray]]:
+    h, w = image.shape[:2]
+    out = []
+    for i in np.nonzero(cells.kind == "wbc")[0]:
+        x1, y1, x2, y2 = cells.xyxy[i]
+        mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+        a, b = int(max(0, x1 - mx)), int(max(0, y1 - my))
+        c, d = int(min(w, x2 + mx)), int(min(h, y2 + my))
+        if c > a and d > b:
+            out.append((int(i), image[b:d, a:c]))
+    return out
+
+
+def render_html(rep: dict, overlay_png: bytes, crops: list[tuple[int, np.ndarray]], cells: Cells) -> str:
+    """A self-contained page (images inlined): overlay, counts, differential, WBC gallery, flags."""
+    e = html.escape
+    s = rep["summary"]
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in s["counts"].items())
+    drows = "".join(
+        f"<tr><td>{e(k)}</td><td>{v['count']}</td><td>{v['percent']}%</td><td>{_ri(k)}</td></tr>" for k, v in s["differential"].items()
+    ) or "<tr><td colspan=4>no classified WBCs</td></tr>"
+    flags = "".join(f"<li><b>{e(f['code'])}</b>: {e(f['message'])}</li>" for f in s["flags"]) or "<li>none</li>"
+    groups: dict[str, list] = {}
+    for i, crop in crops:
+        groups.setdefault(cells.label[i] or "unclassified", []).append((bool(cells.review[i]), i, crop))
+    gal = []
+    for lab in sorted(groups):
+        items = sorted(groups[lab], key=lambda t: (not t[0], t[1]))  # review ones first
+        figs = "".join(
+            f"<figure class='{'review' if r else ''}'><img src='data:image/jpeg;base64,{_jpeg_b64(c)}' alt='cell {i + 1}'>"
+            f"<figcaption>#{i + 1}{' review' if r else ''}</figcaption></figure>" for r, i, c in items
+        )
+        gal.append(f"<h3>{e(lab)} ({len(items)})</h3><div class='gallery'>{figs}</div>")
+    models = "".join(f"<li>{e(k)}: {e(str(v.get('name')))} <code>{e(str(v.get('sha256', ''))[:12])}</code></li>" for k, v in rep["models"].items() if isinstance(v, dict))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bccdet report: {e(Path(rep['image']['path']).name)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}}
+table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}
+.gallery{{display:flex;flex-wrap:wrap;gap:.5em}}figure{{margin:0;text-align:center;font-size:.8em}}
+figure img{{height:96px;border:2px solid #ddd}}figure.review img{{border-color:#e5484d}}
+.overlay{{max-width:100%;border:1px solid #ccc}}.note{{color:#666;font-size:.9em}}
+</style></head><body>
+<h1>bccdet report</h1>
+<p>{e(rep['image']['path'])} &middot; {rep['image']['width']}&times;{rep['image']['height']} px</p>
+<p class="note">{e(s['disclaimer'])}</p>
+<h2>Flags</h2><ul>{flags}</ul>
+<h2>Counts</h2><table><tr><th>kind</th><th>cells</th></tr>{rows}</table>
+<h2>WBC differential</h2><table><tr><th>label</th><th>count</th><th>percent</th><th>adult reference</th></tr>{drows}</table>
+<h2>Overlay</h2><img class="overlay" src="data:image/png;base64,{base64.b64encode(overlay_png).decode('ascii')}" alt="overlay">
+<h2>WBC gallery</h2>{''.join(gal) or '<p>no WBC found</p>'}
+<h2>Models</h2><ul>{models}</ul>
+</body></html>
+"""
+
+
+def _ri(label: str) -> str:
+    r = REFERENCE_INTERVALS.get(label)
+    return f"{r[0]:g}-{r[1]:g}%" if r else ""
+
+
+def write_outputs(folder: Path, image: np.ndarray, cells: Cells, models: dict, timings: dict | None = None,
+                  formats: tuple[str, ...] = ()) -> dict:
+    """Write every output of one image into ``folder`` (the caller makes it atomic)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rep = report_dict(cells, models, timings)
+    (folder / "report.json").write_text(json.dumps(rep, indent=1))
+    (folder / "cells.csv").write_text(cells_csv(cells))
+    ov = _png(overlay(image, cells))
+    (folder / "overlay.png").write_bytes(ov)
+    (folder / "report.html").write_text(render_html(rep, ov, wbc_crops(image, cells), cells), encoding="utf-8")
+    if "coco" in formats:
+        (folder / "coco.json").write_text(json.dumps(coco_document(cells)))
+    if "geojson" in formats:
+        (folder / "cells.geojson").write_text(json.dumps(geojson_document(cells)))
+    return rep
+
+
+def coco_document(cells: Cells) -> dict:
+    m = cells.meta
+    return {
+        "images": [{"id": 1, "file_name": Path(m.path).name, "width": m.width, "height": m.height}],
+        "categories": [{"id": i + 1, "name": k, "supercategory": "cell"} for i, k in enumerate(KINDS)],
+        "annotations": cells.to_coco(image_id=1),
+    }
+
+
+def geojson_document(cells: Cells) -> dict:
+    """QuPath-readable GeoJSON: one detection Feature per cell (polygon outline; box when no mask)."""
+    from .types import mask_to_polygon
+
+    feats = []
+    for i in range(len(cells)):
+        poly = mask_to_polygon(cells.masks[i], cells.mask_offset[i]) if cells.masks[i] is not None else None
+        if poly is None:
+            x1, y1, x2, y2 = (float(v) for v in cells.xyxy[i])
+            poly = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+        ring = [[round(float(x), 2), round(float(y), 2)] for x, y in poly]
+        ring.append(ring[0])
+        name = cells.label[i] or cells.kind[i]
+        feats.append({
+            "type": "Feature",
+            "id": str(i + 1),
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": name, "color": _rgb(KIND_COLORS[cells.kind[i]])},
+                "kind": cells.kind[i], "score": float(cells.score[i]),
+                "label": cells.label[i], "review": bool(cells.review[i]),
+            },
+        })
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def _rgb(hexcol: str) -> list[int]:
+    return [int(hexcol[i : i + 2], 16) for i in (1, 3, 5)]
