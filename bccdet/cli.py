@@ -27,7 +27,9 @@ app = typer.Typer(
 convert_app = typer.Typer(help="Convert data sets into YOLO detect / segment / classify layouts.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the models.", no_args_is_help=True)
 app.add_typer(convert_app, name="convert")
+evaluate_app = typer.Typer(help="Evaluate the models.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
 
 
 def _err(msg: str) -> None:
@@ -276,6 +278,35 @@ def train_detector(
     best = train(data, model=model, init=init, epochs=epochs, imgsz=imgsz, batch=batch, project=project,
                  name=name, device=device, workers=workers, fraction=fraction, resume=resume)
     typer.echo(f"best weights: {best}")
+
+
+@evaluate_app.command("detector")
+@friendly
+def evaluate_detector(
+    data: Path = typer.Option(..., help="data.yaml of a converted detect/segment set."),
+    weights: Optional[str] = typer.Option(None, help="Detector name or .pt (default: the registered default)."),
+    split: str = typer.Option("test", help="train, val or test."),
+    imgsz: int = typer.Option(416), batch: int = typer.Option(8), device: str = typer.Option("cpu"),
+    iou: float = typer.Option(0.6, help="NMS IoU threshold."),
+    out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+):
+    """Box and mask precision, recall, mAP50 and mAP50-95 (overall and per class) and ms per image."""
+    import json
+
+    from .adapters.yolo import evaluate, format_metrics
+    from .weights import resolve
+
+    if not data.exists():
+        raise InputError(f"{data}: no such data.yaml")
+    w, name, sha = resolve(weights, "detector")
+    res = evaluate(w, data, split=split, imgsz=imgsz, batch=batch, device=device, iou=iou)
+    res["model"] = {"name": name, "sha256": sha}
+    typer.echo(format_metrics(res))
+    if out:
+        from .io import write_text_atomic
+
+        write_text_atomic(out, json.dumps(res, indent=2))
+        typer.echo(f"wrote {out}")
 
 
 def main() -> None:

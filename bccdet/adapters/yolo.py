@@ -130,3 +130,47 @@ class YoloDetector:
     def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
         r = self.model.predict(np.ascontiguousarray(image[..., ::-1]), **self.kw)[0]  # ultralytics wants BGR
         return results_to_cells(r, meta, names=self.model.names)
+
+
+def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int = 416, batch: int = 8,
+             device: str = "cpu", conf: float = 0.001, iou: float = 0.6, max_det: int = 1000) -> dict:
+    """Box (and mask) precision, recall, mAP50, mAP50-95 overall and per class, plus ms per image."""
+    setup_offline()
+    import tempfile
+
+    from ultralytics import YOLO
+
+    m = YOLO(str(weights))
+    with tempfile.TemporaryDirectory() as tmp:
+        r = m.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
+                  max_det=max_det, plots=False, verbose=False, project=tmp, name="val", save_json=False)
+    names = r.names if hasattr(r, "names") else m.names
+    out = {"weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "iou": iou, "conf": conf,
+           "speed_ms": {k: round(float(v), 2) for k, v in (r.speed or {}).items()}}
+    parts = [("box", r.box)]
+    if getattr(r, "seg", None) is not None:
+        parts.append(("mask", r.seg))
+    for key, met in parts:
+        per = {}
+        for j, ci in enumerate(met.ap_class_index):
+            p, rc, ap50, ap = met.class_result(j)
+            per[names[int(ci)]] = {"precision": round(float(p), 4), "recall": round(float(rc), 4),
+                                   "mAP50": round(float(ap50), 4), "mAP50-95": round(float(ap), 4)}
+        out[key] = {"precision": round(float(met.mp), 4), "recall": round(float(met.mr), 4),
+                    "mAP50": round(float(met.map50), 4), "mAP50-95": round(float(met.map), 4), "per_class": per}
+    return out
+
+
+def format_metrics(res: dict) -> str:
+    lines = [f"{'':<10}{'class':<10}{'P':>8}{'R':>8}{'mAP50':>8}{'mAP50-95':>10}"]
+    for key in ("box", "mask"):
+        if key not in res:
+            continue
+        r = res[key]
+        lines.append(f"{key:<10}{'all':<10}{r['precision']:>8.3f}{r['recall']:>8.3f}{r['mAP50']:>8.3f}{r['mAP50-95']:>10.3f}")
+        for c, v in r["per_class"].items():
+            lines.append(f"{'':<10}{c:<10}{v['precision']:>8.3f}{v['recall']:>8.3f}{v['mAP50']:>8.3f}{v['mAP50-95']:>10.3f}")
+    sp = res.get("speed_ms", {})
+    if sp:
+        lines.append("ms/image: " + ", ".join(f"{k} {v:.1f}" for k, v in sp.items()))
+    return "\n".join(lines)
