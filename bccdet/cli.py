@@ -117,9 +117,18 @@ def analyze(
             stem = f"{Path(p).stem}_{k}"
             k += 1
         used.add(stem)
-        cells = pipe.run(img, p)
-        with atomic_dir(out / stem) as tmp:
-            rep = write_outputs(tmp, img, cells, pipe.models(), pipe.timings, formats=tuple(fmt))
+        try:
+            cells = pipe.run(img, p)
+            with atomic_dir(out / stem) as tmp:
+                rep = write_outputs(tmp, img, cells, pipe.models(), pipe.timings, formats=tuple(fmt))
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:  # one image failing must not stop the others
+            if os.environ.get("BCCDET_DEBUG"):
+                raise
+            _err(f"{p}: analysis failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            failed += 1
+            continue
         c = rep["summary"]["counts"]
         typer.echo(f"{p}: {c['rbc']} RBC, {c['wbc']} WBC, {c['platelet']} platelets "
                    f"({pipe.timings['total']:.0f} ms) -> {out / stem}/report.html")

@@ -77,6 +77,10 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
     p = Path(path)
     _check_file(p)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        arr = _read_tiff(p, max_pixels)
+        if arr is not None:
+            return arr
     try:
         with Image.open(p) as im:
             w, h = im.size
@@ -97,7 +101,51 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             f"{p}: image is above the {max_pixels / 1e6:.0f} MP limit; split it into fields or use `bccdet batch` "
             "for whole-slide scans"
         ) from None
+    except Exception as e:  # any other failure inside a decoder plug-in: the file is unreadable to us
+        raise InputError(f"{p}: not a readable image ({type(e).__name__}: {_short(e)})") from None
     return arr
+
+
+def _read_tiff(p: Path, max_pixels: int) -> np.ndarray | None:
+    """16-bit / float TIFFs via tifffile (Pillow truncates 16-bit RGB TIFF); None -> let Pillow try."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        with tifffile.TiffFile(p) as tf:
+            page = tf.pages[0]
+            shape = page.shape
+            if len(shape) >= 2:
+                hw = shape[:2] if len(shape) == 2 or shape[-1] in (1, 3, 4) else shape[-2:]
+                if int(hw[0]) * int(hw[1]) > max_pixels:
+                    raise InputError(
+                        f"{p}: image is {hw[1]}x{hw[0]}, above the {max_pixels / 1e6:.0f} MP limit; split it into "
+                        "fields or use `bccdet batch` for whole-slide scans"
+                    )
+            if page.dtype is None or page.dtype.itemsize == 1:
+                return None  # 8-bit: Pillow handles it (and EXIF orientation)
+            a = page.asarray()
+    except InputError:
+        raise
+    except Exception:
+        return None
+    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (3, 4):
+        a = np.moveaxis(a, 0, -1)
+    a = a.astype(np.float64)
+    if np.issubdtype(page.dtype, np.integer):
+        a = a / float(np.iinfo(page.dtype).max)
+    elif a.size and a.max() > 1.0:
+        a = a / a.max()
+    a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    elif a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        alpha = a[..., 3:4].astype(np.float64) / 255.0
+        a = (a[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(a[..., :3])
 
 
 def _to_rgb8(im) -> np.ndarray:
@@ -118,25 +166,6 @@ def _to_rgb8(im) -> np.ndarray:
         im = Image.alpha_composite(bg, im)
     arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(arr)
-
-
-def read_image_any_depth(path: str | Path) -> np.ndarray:
-    """16-bit RGB PNG/TIFF are not handled by PIL's RGB modes: fall back to OpenCV for those."""
-    try:
-        return read_image(path)
-    except InputError:
-        import cv2
-
-        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-        if a is None:
-            raise
-        if a.dtype == np.uint16:
-            a = (a / 257.0 + 0.5).astype(np.uint8)
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=2)
-        elif a.shape[2] == 4:
-            a = a[..., :3]
-        return np.ascontiguousarray(a[..., ::-1])
 
 
 # ---------------------------------------------------------------------- atomic writing

@@ -111,25 +111,72 @@ def results_to_cells(result, meta: SmearMeta, names: dict | None = None) -> Cell
 
 
 class YoloDetector:
-    """YOLOv8(-seg) detector stage: RGB image -> Cells (masks, when the model has a mask head)."""
+    """YOLOv8(-seg) detector stage: RGB image -> Cells (masks, when the model has a mask head).
+
+    Images more than 1.5x ``tile`` px on a side are cut into overlapping ``tile`` px tiles (``overlap`` px),
+    the size of the training fields, so cells are seen at the scale the model learnt; a cell is kept from the tile whose core (the tile minus half the overlap on inner
+    sides) holds its box centre, so cells on tile borders are counted once.
+    """
 
     def __init__(self, weights: str | Path, name: str = "", sha256: str = "", device: str = "cpu",
-                 imgsz: int = 416, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000):
+                 imgsz: int = 416, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
+                 tile: int = 640, overlap: int = 192):
         setup_offline()
         from ultralytics import YOLO
 
         self.model = YOLO(str(weights))
         self.name = name or Path(weights).stem
         self.sha256 = sha256
+        self.tile, self.overlap = tile, overlap
         self.kw = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False, retina_masks=True)
         names = self.model.names
         bad = [n for n in names.values() if n not in KINDS]
         if bad:
             raise ValueError(f"{weights}: model classes {list(names.values())} are not {list(KINDS)}")
 
-    def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
+    def _predict(self, image: np.ndarray, meta: SmearMeta) -> Cells:
         r = self.model.predict(np.ascontiguousarray(image[..., ::-1]), **self.kw)[0]  # ultralytics wants BGR
         return results_to_cells(r, meta, names=self.model.names)
+
+    def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
+        h, w = image.shape[:2]
+        if max(h, w) <= 1.5 * self.tile:
+            return self._predict(image, meta)
+        return self._predict_tiled(image, meta)
+
+    def _predict_tiled(self, image: np.ndarray, meta: SmearMeta) -> Cells:
+        h, w = image.shape[:2]
+        parts = []
+        for y0, y1, cy0, cy1 in tile_spans(h, self.tile, self.overlap):
+            for x0, x1, cx0, cx1 in tile_spans(w, self.tile, self.overlap):
+                sub = self._predict(image[y0:y1, x0:x1], SmearMeta(width=x1 - x0, height=y1 - y0))
+                if not len(sub):
+                    continue
+                cx = (sub.xyxy[:, 0] + sub.xyxy[:, 2]) / 2 + x0
+                cy = (sub.xyxy[:, 1] + sub.xyxy[:, 3]) / 2 + y0
+                keep = (cx >= cx0) & (cx < cx1) & (cy >= cy0) & (cy < cy1)
+                sub = sub[keep]
+                sub.xyxy = sub.xyxy + np.array([x0, y0, x0, y0], np.float32)
+                sub.mask_offset = sub.mask_offset + np.array([x0, y0], np.int32)
+                parts.append(sub)
+        return Cells.concat(parts, meta=meta)
+
+
+def tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (start, end, core_start, core_end); cores partition [0, n)."""
+    if n <= tile:
+        return [(0, n, 0, n)]
+    step = tile - overlap
+    starts = list(range(0, max(n - tile, 0) + 1, step))
+    if starts[-1] + tile < n:
+        starts.append(n - tile)
+    spans = []
+    for i, s in enumerate(starts):
+        e = min(s + tile, n)
+        core0 = 0 if i == 0 else (spans[-1][3])
+        core1 = n if i == len(starts) - 1 else (e + starts[i + 1]) // 2
+        spans.append((s, e, core0, core1))
+    return spans
 
 
 def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int = 416, batch: int = 8,

@@ -1,0 +1,169 @@
+"""`bccdet analyze`: bad input (one line each, others still processed, exit codes) and the report files."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bccdet.types import rle_decode
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory, bccd):
+    """A yolov8n-seg trained one epoch at 64 px on six BCCD fields: plumbing only, not accuracy."""
+    from tests.test_train_smoke import _bccd_subset
+    from tests.conftest import run_cli
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    sub = _bccd_subset(bccd, tmp / "bccd")
+    assert run_cli("convert", "bccd", sub, "--out", tmp / "yolo", "--task", "segment").returncode == 0
+    r = run_cli("train", "detector", "--data", tmp / "yolo/data.yaml", "--model", "yolov8n-seg.yaml", "--init", "none",
+                "--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--project", tmp / "runs", "--name", "t")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp / "runs/t/weights/last.pt"
+
+
+@pytest.fixture
+def smear(bccd):
+    return bccd / "JPEGImages/BloodImage_00007.jpg"
+
+
+def _bad_inputs(d: Path, smear: Path) -> dict[str, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    cases = {}
+    cases["missing"] = d / "missing.jpg"
+    cases["directory"] = d / "adir"
+    cases["directory"].mkdir()
+    cases["empty"] = d / "empty.jpg"
+    cases["empty"].write_bytes(b"")
+    data = smear.read_bytes()
+    cases["truncated"] = d / "truncated.jpg"
+    cases["truncated"].write_bytes(data[: len(data) // 4])
+    cases["text"] = d / "notes.jpg"
+    cases["text"].write_text("this is not an image\n")
+    cases["huge"] = d / "huge.png"
+    Image.new("L", (20000, 20000)).save(cases["huge"])
+    return cases
+
+
+def _good_variants(d: Path, smear: Path) -> dict[str, Path]:
+    import tifffile
+
+    d.mkdir(parents=True, exist_ok=True)
+    rgb = np.asarray(Image.open(smear).convert("RGB"))
+    out = {}
+    out["gray"] = d / "gray.png"
+    Image.fromarray(rgb).convert("L").save(out["gray"])
+    out["rgba"] = d / "rgba.png"
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), "RGBA").save(out["rgba"])
+    out["png16"] = d / "sixteen.png"
+    import cv2
+
+    cv2.imwrite(str(out["png16"]), (rgb[..., ::-1].astype(np.uint16) * 257))
+    out["tif16"] = d / "sixteen.tif"
+    tifffile.imwrite(out["tif16"], rgb.astype(np.uint16) * 257)
+    out["exif"] = d / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(out["exif"], exif=exif.tobytes(), quality=95)
+    out["unicode"] = d / "frottis_sanguin_échantillon_血液.jpg"
+    shutil.copy(smear, out["unicode"])
+    return out
+
+
+def test_bad_inputs_one_line_each_and_others_processed(tiny_detector, smear, tmp_path, cli):
+    bad = _bad_inputs(tmp_path / "in", smear)
+    args = ["analyze", smear, *bad.values(), "--detector", tiny_detector, "--out", tmp_path / "out", "--no-refine", "--no-classify"]
+    r = cli(*args)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == len(bad), r.stderr
+    for key, p in bad.items():
+        assert sum(str(p) in ln for ln in errors) == 1, (key, r.stderr)
+    assert any("above the" in ln and "huge.png" in ln for ln in errors)
+    assert (tmp_path / "out/BloodImage_00007/report.json").exists()  # the good image was still processed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["BloodImage_00007"]
+
+
+def test_odd_but_valid_images_all_succeed(tiny_detector, smear, tmp_path, cli):
+    good = _good_variants(tmp_path / "in", smear)
+    r = cli("analyze", *good.values(), "--detector", tiny_detector, "--out", tmp_path / "out", "--no-refine", "--no-classify")
+    assert r.returncode == 0, r.stderr
+    for key, p in good.items():
+        rep = json.loads((tmp_path / "out" / p.stem / "report.json").read_text())
+        want = (640, 480) if key != "exif" else (480, 640)  # EXIF orientation 6: shown rotated
+        assert (rep["image"]["width"], rep["image"]["height"]) == want, key
+
+
+def test_usage_errors_exit_2(tmp_path, cli):
+    r = cli("analyze", "--out", tmp_path / "o")
+    assert r.returncode == 2 and r.stderr.startswith("error:")
+    r = cli("analyze", "x.jpg", "--format", "pdf")
+    assert r.returncode == 2 and "format" in r.stderr
+    r = cli("analyze", "x.jpg", "--detector", "no-such-model")
+    assert r.returncode == 2 and "unknown detector model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_files_and_contract(tiny_detector, smear, tmp_path, cli):
+    r = cli("analyze", smear, "--detector", tiny_detector, "--out", tmp_path / "out", "--format", "coco",
+            "--format", "geojson", "--no-refine", "--no-classify")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "out/BloodImage_00007"
+    assert sorted(p.name for p in d.iterdir()) == ["cells.csv", "cells.geojson", "coco.json", "overlay.png", "report.html", "report.json"]
+    rep = json.loads((d / "report.json").read_text())
+    assert set(rep) >= {"image", "models", "cells", "summary"}
+    assert rep["models"]["detector"]["sha256"] and rep["models"]["classifier"] is None
+    assert set(rep["summary"]["counts"]) == {"rbc", "wbc", "platelet"}
+    codes = {f["code"] for f in rep["summary"]["flags"]}
+    assert "few_wbc" in codes  # one field never holds 100 WBCs
+    for c in rep["cells"]:
+        assert set(c) >= {"id", "box", "kind", "score", "mask", "mask_source", "label", "label_score", "review"}
+        x1, y1, x2, y2 = c["box"]
+        assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 480
+        if c["mask"] is not None:
+            m = rle_decode(c["mask"])
+            assert m.shape == (480, 640) and c["mask_source"] == "yolo"
+    rows = (d / "cells.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(rep["cells"])
+    html = (d / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    gj = json.loads((d / "cells.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(rep["cells"])
+    coco = json.loads((d / "coco.json").read_text())
+    assert len(coco["annotations"]) == len(rep["cells"])
+
+
+def test_interrupted_run_leaves_no_half_report(tiny_detector, smear, tmp_path):
+    """Kill analyze while it writes: the report folder is either complete or absent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    imgs = []
+    for i in range(6):
+        p = tmp_path / f"f{i}.jpg"
+        shutil.copy(smear, p)
+        imgs.append(p)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "analyze", *imgs, "--detector", tiny_detector,
+                             "--out", out, "--no-refine", "--no-classify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and any(p.name.startswith("f") for p in out.iterdir())):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for d in out.iterdir():
+        if d.name.startswith("."):
+            continue  # a hidden .partial folder may remain; it is never mistaken for a report
+        assert sorted(p.name for p in d.iterdir()) == ["cells.csv", "overlay.png", "report.html", "report.json"]
+        json.loads((d / "report.json").read_text())
