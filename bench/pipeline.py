@@ -1,0 +1,110 @@
+"""Benchmark the analyze pipeline on the BCCD test fields (CPU by default).
+
+    .venv/bin/python bench/pipeline.py [--n 72] [--detector NAME|FILE] [--device cpu]
+
+Each configuration (detect only; + SAM refinement; + classification; all) runs in its own process so
+that its peak RSS is its own. Prints ms per field per stage, the whole, peak RSS, and the ratio of
+each configuration to detect-only measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+CONFIGS = {"detect": (False, False), "detect+refine": (True, False), "detect+classify": (False, True), "full": (True, True)}
+
+
+def _fields(n: int) -> list[Path]:
+    from bccdet.data import dataset
+
+    b = dataset("bccd")
+    if b is None:
+        sys.exit("BCCD absent: set BCCDET_DATA")
+    stems = (b / "ImageSets/Main/test.txt").read_text().split()[:n]
+    return [b / "JPEGImages" / f"{s}.jpg" for s in stems]
+
+
+def run_one(config: str, n: int, detector: str | None, device: str) -> dict:
+    from bccdet.adapters.yolo import YoloDetector
+    from bccdet.io import read_image
+    from bccdet.pipeline import Pipeline
+    from bccdet.weights import resolve
+
+    refine, classify = CONFIGS[config]
+    w, name, sha = resolve(detector, "detector")
+    pipe = Pipeline(detector=YoloDetector(w, name=name, sha256=sha, device=device))
+    if refine:
+        from bccdet.adapters.sam import SamRefiner
+
+        pipe.refiner = SamRefiner(device=device)
+    if classify:
+        from bccdet.adapters.classifier import CellClassifier
+
+        cw, cname, csha = resolve(None, "classifier")
+        pipe.classifier = CellClassifier(cw, device=device)
+    fields = _fields(n)
+    pipe.run(read_image(fields[0]), fields[0])  # warm-up
+    rows = []
+    t0 = time.perf_counter()
+    for f in fields:
+        img = read_image(f)
+        pipe.run(img, f)
+        rows.append(dict(pipe.timings))
+    wall = time.perf_counter() - t0
+    stages = sorted({k for r in rows for k in r})
+    return {
+        "config": config, "n": len(fields),
+        "ms": {s: statistics.mean(r.get(s, 0.0) for r in rows) for s in stages},
+        "wall_ms_per_field": wall / len(fields) * 1e3,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=72)
+    ap.add_argument("--detector", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--configs", default="detect,detect+refine,detect+classify,full")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(run_one(a.one, a.n, a.detector, a.device)))
+        return
+    from machine import machine
+
+    results = []
+    for cfg in a.configs.split(","):
+        cmd = [sys.executable, __file__, "--one", cfg, "--n", str(a.n), "--device", a.device]
+        if a.detector:
+            cmd += ["--detector", a.detector]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"{cfg}: skipped ({(r.stderr.strip().splitlines() or ['failed'])[-1][:120]})")
+            continue
+        results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    print(f"machine: {machine()}")
+    print(f"fields: BCCD test, {a.n} x 640x480, device {a.device}")
+    base = next((r["wall_ms_per_field"] for r in results if r["config"] == "detect"), None)
+    head = f"{'config':<17}{'detect':>9}{'refine':>9}{'classify':>10}{'total':>9}{'wall/field':>12}{'peak RSS':>10}{'x detect':>10}"
+    print(head)
+    for r in results:
+        ms = r["ms"]
+        ratio = f"{r['wall_ms_per_field'] / base:.2f}" if base else "-"
+        print(f"{r['config']:<17}{ms.get('detect', 0):>9.0f}{ms.get('refine', 0):>9.0f}{ms.get('classify', 0):>10.0f}"
+              f"{ms.get('total', 0):>9.0f}{r['wall_ms_per_field']:>12.0f}{r['peak_rss_mb']:>9.0f}M{ratio:>10}")
+
+
+if __name__ == "__main__":
+    main()
