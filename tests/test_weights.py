@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from bccdet import weights as W
+from bccdet.io import sha256_file
+
+
+@pytest.fixture
+def fake_registry(tmp_path, monkeypatch):
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    f = wdir / "det.pt"
+    f.write_bytes(b"not really a model")
+    reg = {"models": [{"name": "bccdet-det-test", "task": "detector", "file": "det.pt", "sha256": sha256_file(f), "default": True}]}
+    (wdir / "registry.json").write_text(json.dumps(reg))
+    monkeypatch.setattr(W, "WEIGHTS_DIR", wdir)
+    monkeypatch.setattr(W, "REGISTRY_FILE", wdir / "registry.json")
+    monkeypatch.setenv("BCCDET_CACHE", str(tmp_path / "cache"))
+    return wdir
+
+
+def test_resolve_default_name_and_path(fake_registry):
+    p, name, sha = W.resolve(None, "detector")
+    assert p == fake_registry / "det.pt" and name == "bccdet-det-test" and sha == sha256_file(p)
+    assert W.resolve("bccdet-det-test", "detector")[0] == p
+    assert W.resolve(str(p), "detector")[1] == "det"
+
+
+def test_unknown_name_hints_close_match(fake_registry):
+    with pytest.raises(W.WeightsError, match="did you mean 'bccdet-det-test'"):
+        W.resolve("bccdet-det-tst", "detector")
+
+
+def test_sha_mismatch_and_missing(fake_registry):
+    (fake_registry / "det.pt").write_bytes(b"tampered")
+    with pytest.raises(W.WeightsError, match="does not match"):
+        W.resolve(None, "detector")
+    (fake_registry / "det.pt").unlink()
+    with pytest.raises(W.WeightsError, match="missing"):
+        W.resolve(None, "detector")
+
+
+def test_no_default_for_task(fake_registry):
+    with pytest.raises(W.WeightsError, match="no classifier weights"):
+        W.resolve(None, "classifier")
+
+
+def test_shipped_registry_files_match():
+    """Every model registered in the repo is committed and matches its sha256."""
+    for m in W.registry().values():
+        p = W.WEIGHTS_DIR / m.file
+        assert p.is_file(), f"{m.name}: {p} missing"
+        assert sha256_file(p) == m.sha256, f"{m.name}: sha256 mismatch"
+        assert (W.WEIGHTS_DIR / m.card).is_file(), f"{m.name}: model card {m.card} missing"
