@@ -100,12 +100,15 @@ KIND_COLORS = {"rbc": "#e5484d", "wbc": "#3e63dd", "platelet": "#30a46c"}
 
 
 def overlay(image: np.ndarray, cells: Cells) -> np.ndarray:
-    """Masks, boxes and labels drawn with supervision's annotators (RGB in, RGB out)."""
+    """Masks, boxes and labels drawn with supervision's annotators (RGB in, RGB out).
+
+    supervision's annotators draw on OpenCV's BGR order: the scene is flipped to BGR and back.
+    """
     import supervision as sv
 
-    scene = image.copy()
+    scene = np.ascontiguousarray(image[..., ::-1])
     if not len(cells):
-        return scene
+        return image.copy()
     det = cells.to_detections()
     palette = sv.ColorPalette.from_hex([KIND_COLORS[k] for k in KINDS])
     if det.mask is not None:
@@ -116,7 +119,7 @@ def overlay(image: np.ndarray, cells: Cells) -> np.ndarray:
         labels = [f"{lab or 'wbc'} {s:.2f}" if lab else f"wbc {c:.2f}" for lab, s, c in
                   zip(wbc.data["label"], np.nan_to_num(wbc.data["label_score"]), wbc.confidence)]
         scene = sv.LabelAnnotator(color=palette, text_scale=0.4, text_padding=2).annotate(scene, wbc, labels=labels)
-    return scene
+    return np.ascontiguousarray(scene[..., ::-1])
 
 
 def _png(arr: np.ndarray) -> bytes:

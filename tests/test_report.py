@@ -1,0 +1,50 @@
+import json
+
+import numpy as np
+
+from bccdet.report import geojson_document, overlay, report_dict, summarize
+from bccdet.types import Cells, SmearMeta
+
+
+def _cells(n_wbc=0, labels=None, h=100, w=120):
+    boxes = [[10, 10, 40, 40]] + [[50 + (i % 5) * 10, 50, 58 + (i % 5) * 10, 58] for i in range(n_wbc)]
+    kinds = ["rbc"] + ["wbc"] * n_wbc
+    masks = [np.ones((30, 30), bool)] + [np.ones((8, 8), bool)] * n_wbc
+    lab = [None] + (labels or [None] * n_wbc)
+    return Cells(xyxy=boxes, kind=kinds, masks=masks, label=lab,
+                 label_score=[np.nan] + [0.9] * n_wbc, meta=SmearMeta(path="x.png", width=w, height=h))
+
+
+def test_overlay_colours_are_rgb():
+    img = np.full((100, 120, 3), 128, np.uint8)
+    ov = overlay(img, _cells())
+    r, g, b = ov[25, 25].astype(int)
+    assert r > b + 20, (r, g, b)  # RBC mask is drawn red, not blue (supervision works in BGR)
+    assert np.array_equal(ov[90, 110], img[90, 110])
+
+
+def test_flags_blasts_and_out_of_range():
+    labels = ["blast"] * 5 + ["neutrophil"] * 20 + ["lymphocyte"] * 75 + ["promyelocyte"] * 2
+    s = summarize(_cells(len(labels), labels))
+    codes = [f["code"] for f in s["flags"]]
+    assert "blasts_present" in codes and "promyelocytes_present" in codes and "few_wbc" not in codes
+    out = {f["message"].split()[0] for f in s["flags"] if f["code"] == "differential_out_of_range"}
+    assert {"neutrophil", "lymphocyte"} <= out
+    assert s["differential"]["lymphocyte"] == {"count": 75, "percent": round(7500 / 102, 1)}
+    assert abs(sum(v["percent"] for v in s["differential"].values()) - 100) < 0.5
+
+
+def test_few_wbc_and_unclassified_flags():
+    s = summarize(_cells(3))
+    codes = {f["code"] for f in s["flags"]}
+    assert codes == {"few_wbc", "not_classified"} and s["differential"] == {}
+
+
+def test_report_dict_json_and_geojson():
+    c = _cells(2, ["neutrophil", "monocyte"])
+    rep = report_dict(c, {"detector": {"name": "t", "sha256": "0" * 64}})
+    json.dumps(rep)
+    assert rep["cells"][0]["mask"]["size"] == [100, 120] and rep["cells"][1]["label"] == "neutrophil"
+    gj = geojson_document(c)
+    ring = gj["features"][0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and gj["features"][1]["properties"]["classification"]["name"] == "neutrophil"
