@@ -318,6 +318,16 @@ def evaluate_detector(
         typer.echo(f"wrote {out}")
 
 
+def _register_extensions() -> None:
+    """Commands that live in their own modules (each imports only typer at module level)."""
+    from .cli_curate import register as register_curate
+
+    register_curate(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     app()
 

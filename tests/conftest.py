@@ -44,6 +44,23 @@ def run_cli(*args, cwd=None, env=None):
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory, bccd):
+    """A yolov8n-seg trained one epoch at 64 px on six BCCD fields: plumbing only, not accuracy.
+
+    Shared by test_analyze.py and test_fiftyone.py (session scope: trained once per run).
+    """
+    from tests.test_train_smoke import _bccd_subset
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    sub = _bccd_subset(bccd, tmp / "bccd")
+    assert run_cli("convert", "bccd", sub, "--out", tmp / "yolo", "--task", "segment").returncode == 0
+    r = run_cli("train", "detector", "--data", tmp / "yolo/data.yaml", "--model", "yolov8n-seg.yaml", "--init", "none",
+                "--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--project", tmp / "runs", "--name", "t")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp / "runs/t/weights/last.pt"
+
+
 @pytest.fixture
 def cli():
     return run_cli

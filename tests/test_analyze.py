@@ -13,21 +13,6 @@ from bccdet.types import rle_decode
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def tiny_detector(tmp_path_factory, bccd):
-    """A yolov8n-seg trained one epoch at 64 px on six BCCD fields: plumbing only, not accuracy."""
-    from tests.test_train_smoke import _bccd_subset
-    from tests.conftest import run_cli
-
-    tmp = tmp_path_factory.mktemp("tiny")
-    sub = _bccd_subset(bccd, tmp / "bccd")
-    assert run_cli("convert", "bccd", sub, "--out", tmp / "yolo", "--task", "segment").returncode == 0
-    r = run_cli("train", "detector", "--data", tmp / "yolo/data.yaml", "--model", "yolov8n-seg.yaml", "--init", "none",
-                "--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--project", tmp / "runs", "--name", "t")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return tmp / "runs/t/weights/last.pt"
-
-
 @pytest.fixture
 def smear(bccd):
     return bccd / "JPEGImages/BloodImage_00007.jpg"

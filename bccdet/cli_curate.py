@@ -1,0 +1,206 @@
+"""``bccdet curate``, ``curate-cls``, ``curate-export``, ``install-plugin``: curation in FiftyOne (docs/curation.md).
+
+``register(app)`` adds the commands to the main typer app (bccdet/cli.py wires it); ``python -m
+bccdet.cli_curate ...`` runs the main app with them registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli import friendly
+
+CURATION_OUT = Path("curation")
+
+
+def _quiet(verbose: bool) -> None:
+    """FiftyOne logs every brain/eval step at INFO on stdout: keep our own output readable."""
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    if not verbose:
+        os.environ.setdefault("FIFTYONE_LOGGING_LEVEL", "WARNING")  # read when fiftyone is imported
+        for name in ("fiftyone", "fiftyone.brain", "eta"):  # in case it already was
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _launch(ds, port: int, address: str) -> None:
+    from .adapters.fiftyone import launch
+
+    session = launch(ds, port=port, address=address)
+    typer.echo(f"FiftyOne App: http://{address}:{port}/ (dataset {ds.name!r}); Ctrl-C to stop")
+    try:
+        session.wait(-1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+
+
+def _top(suspects, n: int = 10) -> None:
+    for i, s in enumerate(suspects[:n], 1):
+        typer.echo(f"  {i:>3}. {Path(s.filepath).name}  {s.kind:<9} [{', '.join(f'{v:.0f}' for v in s.box)}]  "
+                   f"{s.reason:<18} {s.score:.3f}  {s.detail}")
+
+
+def _timings(t: dict) -> str:
+    return ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in t.items())
+
+
+def register(app: typer.Typer) -> None:
+    """Add the curation commands to ``app`` (idempotent)."""
+    have = {c.name for c in app.registered_commands}
+    if "curate" in have:
+        return
+
+    @app.command("curate")
+    @friendly
+    def curate(
+        data: Path = typer.Argument(..., help="Converted YOLO detect/segment folder (data.yaml) = ground truth."),
+        name: str = typer.Option(..., "--name", help="FiftyOne dataset name (persistent; updated if it exists)."),
+        predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of analyze/batch outputs (report.json files); default: run the detector."),
+        detector: Optional[str] = typer.Option(None, help="Detector name or .pt (predictions and embeddings)."),
+        split: List[str] = typer.Option([], "--split", help="Only these splits (repeatable; default all)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where suspects.csv and evaluation.json go (default curation/NAME)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset NAME (default: update it) and a non-empty --export folder."),
+        missing_conf: float = typer.Option(0.5, help="possible_missing: minimum prediction confidence."),
+        iou: float = typer.Option(0.5, help="IoU at which a prediction matches a label box."),
+        conf: float = typer.Option(0.25, help="Detector confidence threshold when it runs."),
+        brain: bool = typer.Option(True, "--brain/--no-brain", help="Run fiftyone.brain mistakenness, hardness, uniqueness."),
+        export: Optional[Path] = typer.Option(None, "--export", help="Also export the corrected labels to this folder."),
+        export_format: List[str] = typer.Option(["yolo"], "--export-format", help="yolo and/or coco (repeatable)."),
+        task: str = typer.Option("segment", help="YOLO task of the export: segment or detect."),
+        launch: bool = typer.Option(False, "--launch", help="Serve the FiftyOne App on the dataset when done."),
+        port: int = typer.Option(5151, help="App port (--launch)."),
+        address: str = typer.Option("127.0.0.1", help="App address (--launch)."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        verbose: bool = typer.Option(False, "--verbose", help="Show FiftyOne's progress logs."),
+    ):
+        """Build/update a FiftyOne dataset from a YOLO data set, add bccdet predictions, evaluate, run the brain, tag suspected label errors (ranked CSV)."""
+        _quiet(verbose)
+        from .adapters import fiftyone as bf
+        from .io import write_text_atomic
+
+        if export is not None and export.exists() and any(export.iterdir()) and not overwrite:
+            raise bf.CurationError(f"--export {export} exists and is not empty: choose another folder or pass --overwrite")
+        rule = bf.Rule(iou=iou, missing_conf=missing_conf)
+        ds, summ, suspects = bf.curate_detection(
+            data, name, predictions=predictions, detector=detector, overwrite=overwrite, splits=split or None,
+            rule=rule, device=device, conf=conf, brain=brain, log=typer.echo)
+        out = out or CURATION_OUT / name
+        csv_path = bf.write_suspects_csv(suspects, out / "suspects.csv")
+        write_text_atomic(out / "evaluation.json", json.dumps(summ.eval_report, indent=2))
+        typer.echo(f"dataset {name!r}: {summ.samples} images ({summ.added} added, {summ.kept} kept), "
+                   f"{summ.predicted} with new predictions")
+        typer.echo(bf.format_eval(summ.eval_report))
+        c = summ.counts
+        typer.echo("suspects: " + ", ".join(f"{k} {v}" for k, v in c.items() if v is not None and not k.startswith("brain_")))
+        if brain:
+            typer.echo(f"fiftyone.brain flags: possible_missing {c.get('brain_possible_missing')} (confidence > 0.95), "
+                       f"possible_spurious {c.get('brain_possible_spurious')}")
+        _top(suspects)
+        typer.echo(f"ranked list: {csv_path} ({len(suspects)} rows)")
+        typer.echo(f"timings: {_timings(summ.timings)}")
+        if export is not None:
+            res = bf.export_labels(ds, export, formats=export_format, task=task, corrected=True, overwrite=overwrite)
+            typer.echo(f"exported {res['images']} images, {res['objects']} objects -> {res['out']}")
+        if launch:
+            _launch(ds, port, address)
+
+    @app.command("curate-cls")
+    @friendly
+    def curate_cls(
+        data: Path = typer.Argument(..., help="Converted classify folder (SPLIT/LABEL/*, manifest.csv) or LABEL/* folders."),
+        name: str = typer.Option(..., "--name", help="FiftyOne dataset name (persistent; updated if it exists)."),
+        predictions: Optional[Path] = typer.Option(None, "--predictions", help="CSV of classifier probabilities (file + p_<label> columns); default: an out-of-fold probe on the embeddings."),
+        detector: Optional[str] = typer.Option(None, help="Detector whose backbone embeds the images when no classifier is available."),
+        split: List[str] = typer.Option([], "--split", help="Only these splits (repeatable; default all)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where suspects.csv goes (default curation/NAME)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset NAME (default: update it)."),
+        near_dup_threshold: float = typer.Option(0.05, help="Near duplicates: embedding distance at most this."),
+        mislabel_threshold: float = typer.Option(0.7, help="possible_mislabel: brain mistakenness at least this."),
+        launch: bool = typer.Option(False, "--launch", help="Serve the FiftyOne App on the dataset when done."),
+        port: int = typer.Option(5151, help="App port (--launch)."),
+        address: str = typer.Option("127.0.0.1", help="App address (--launch)."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        verbose: bool = typer.Option(False, "--verbose", help="Show FiftyOne's progress logs."),
+    ):
+        """Curate a single-cell classification set: label mistakenness from class probabilities, hardness, uniqueness, exact and near duplicates."""
+        _quiet(verbose)
+        from .adapters import fiftyone as bf
+
+        ds, summ, suspects = bf.curate_classification(
+            data, name, predictions=predictions, detector=detector, overwrite=overwrite, splits=split or None,
+            device=device, near_dup_threshold=near_dup_threshold, mislabel_threshold=mislabel_threshold, log=typer.echo)
+        out = out or CURATION_OUT / name
+        csv_path = bf.write_suspects_csv(suspects, out / "suspects.csv")
+        typer.echo(f"dataset {name!r}: {summ.samples} images ({summ.added} added, {summ.kept} kept)")
+        for n in summ.notes:
+            typer.echo(n)
+        typer.echo(f"agreement of labels with the probabilities: {summ.eval_report['accuracy']:.3f}")
+        typer.echo("suspects: " + (", ".join(f"{k} {v}" for k, v in summ.counts.items()) or "none"))
+        _top(suspects)
+        typer.echo(f"ranked list: {csv_path} ({len(suspects)} rows)")
+        typer.echo(f"timings: {_timings(summ.timings)}")
+        if launch:
+            _launch(ds, port, address)
+
+    @app.command("curate-export")
+    @friendly
+    def curate_export(
+        name: str = typer.Argument(..., help="A dataset built by `bccdet curate`."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder (YOLO layout; COCO in OUT/annotations/)."),
+        fmt: List[str] = typer.Option(["yolo"], "--format", help="yolo and/or coco (repeatable)."),
+        task: str = typer.Option("segment", help="segment (polygons) or detect (boxes)."),
+        saved_view: Optional[str] = typer.Option(None, "--saved-view", help="Export this saved view (made in the App)."),
+        tag: List[str] = typer.Option([], "--tag", help="Only samples with any of these tags (repeatable)."),
+        split: List[str] = typer.Option([], "--split", help="Only these splits (repeatable)."),
+        as_is: bool = typer.Option(False, "--as-is", help="Ground truth as it is (ignore the accept/reject/exclude review tags)."),
+        auto: bool = typer.Option(False, "--auto", help="Also apply the tagging rule unreviewed: drop possible_spurious, add possible_missing."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+    ):
+        """Export a dataset or view, with the corrected labels, back to the YOLO layout (and COCO) for training."""
+        _quiet(False)
+        from .adapters import fiftyone as bf
+
+        ds = bf.open_dataset(name, "detection")
+        if saved_view:
+            if saved_view not in ds.list_saved_views():
+                raise bf.CurationError(f"dataset {name!r} has no saved view {saved_view!r}; saved views: {ds.list_saved_views()}")
+            view = ds.load_saved_view(saved_view)
+        else:
+            view = ds.view()
+        if tag:
+            view = view.match_tags(tag)
+        if split:
+            view = view.match_tags(split)
+        res = bf.export_labels(view, out, formats=fmt, task=task, corrected=not as_is, auto=auto, overwrite=overwrite)
+        typer.echo(f"exported {res['images']} images ({res['splits']}), {res['objects']} objects -> {res['out']}")
+
+    @app.command("install-plugin")
+    @friendly
+    def install_plugin_cmd(
+        plugins_dir: Optional[Path] = typer.Option(None, help="FiftyOne plugins directory (default fo.config.plugins_dir)."),
+        copy: bool = typer.Option(False, "--copy", help="Copy instead of symlinking (then bccdet must be installed)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing plugins_dir/bccdet."),
+    ):
+        """Install the bccdet FiftyOne plugin (plugins/bccdet) into FiftyOne's plugins directory."""
+        from .adapters.fiftyone import install_plugin
+
+        dst = install_plugin(plugins_dir, copy=copy, overwrite=overwrite)
+        typer.echo(f"installed {dst}: operators @bccdet/bccdet/run_detector, find_label_mistakes, export_yolo")
+
+
+def main() -> None:
+    from .cli import app
+
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()
