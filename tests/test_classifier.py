@@ -1,0 +1,309 @@
+"""The leukocyte classifier adapter: crop geometry, backbone transfer, a 1-epoch training on synthetic
+class folders, evaluation, calibration, the stage, single-cell files, the summary and its APL rule."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bccdet.vocab import ABNORMAL_LABELS, LABELS
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from bccdet.adapters import classifier as C  # noqa: E402
+from bccdet.types import Cells, SmearMeta  # noqa: E402
+
+BG = (225, 205, 215)
+CLASSES = {  # folder name -> (disc colour, radius as a fraction of the image side)
+    "neutrophil": ((200, 120, 170), 0.22),
+    "lymphocyte": ((60, 40, 140), 0.15),
+    "blast": ((120, 60, 160), 0.32),
+}
+
+
+def _disc(size, colour, frac, seed):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), BG, np.uint8)
+    c = size // 2 + int(rng.integers(-2, 3))
+    cv2.circle(img, (c, c), max(2, int(size * frac)), colour, -1)
+    return np.clip(img.astype(int) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
+
+
+def make_cls_set(root, n=(6, 3, 3), size=48, manifest=False, seed=0):
+    """A converted classify layout: root/{train,val,test}/<label>/<file>.png (+ manifest.csv)."""
+    from PIL import Image
+
+    rows = []
+    k = seed
+    for split, count in zip(("train", "val", "test"), n):
+        for lab, (col, frac) in CLASSES.items():
+            d = root / split / lab
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                k += 1
+                f = d / f"{lab}_{i}.png"
+                Image.fromarray(_disc(size, col, frac, k)).save(f)
+                rows.append({"split": split, "label": lab, "subclass": lab, "group": "", "source": "synthetic",
+                             "file": f"{split}/{lab}/{f.name}", "original": "", "sha256": ""})
+    if manifest:
+        with open(root / "manifest.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("cls")
+    a = make_cls_set(root / "a", seed=0)
+    b = make_cls_set(root / "b", n=(3, 2, 2), manifest=True, seed=100)
+    out = root / "run"
+    ck = C.train([a, b], out, epochs=1, imgsz=32, batch=8, lr=1e-3, seed=0, freeze_epochs=0, log=lambda s: None)
+    return {"ck": ck, "data": [a, b], "out": out, "root": root}
+
+
+# ---------------------------------------------------------------------- crops
+def test_cell_crop_near_border_keeps_cell_centred():
+    import cv2
+
+    img = np.full((120, 160, 3), BG, np.uint8)
+    cv2.circle(img, (10, 12), 8, (60, 30, 120), -1)  # cell cut by the top-left corner region
+    box = (2, 4, 18, 20)
+    out = C.cell_crop(img, box, margin=0.5, size=48)
+    assert out.shape == (48, 48, 3) and out.dtype == np.uint8
+    dark = out[..., 0] < 120
+    ys, xs = np.nonzero(dark)
+    assert abs(xs.mean() - 23.5) < 1.5 and abs(ys.mean() - 23.5) < 1.5
+    # outside the image: the median border colour
+    assert tuple(out[0, 0]) == BG
+
+
+def test_cell_crop_geometry_exact_without_resize():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)
+    out = C.cell_crop(img, (20, 10, 30, 20), margin=0.5, size=20)  # side 10 * 2 = 20: no resize
+    assert np.array_equal(out, img[5:25, 15:35])
+    out = C.cell_crop(img, (0, 0, 10, 10), margin=0.5, size=20, fill=(1, 2, 3))  # half outside
+    assert np.array_equal(out[5:, 5:], img[0:15, 0:15])
+    assert (out[:5] == (1, 2, 3)).all() and (out[:, :5] == (1, 2, 3)).all()
+    # non-square box: side from the longer edge, centred
+    assert C.cell_crop(img, (25, 5, 35, 45), margin=0.25, size=30).shape == (30, 30, 3)
+
+
+def test_single_cell_images_use_the_whole_image_as_context():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    for margin in (0.25, 0.5):
+        out = C.single_cell_crop(img, margin=margin, size=90)
+        assert np.array_equal(out, img[:, 15:105])
+
+
+# ---------------------------------------------------------------------- backbone
+def test_package_weights_load_by_position(one_thread):
+    src = torch.load(C.package_weights_path(), map_location="cpu", weights_only=True)
+    model = C.load_backbone(len(LABELS))
+    dst = model.state_dict()
+    assert len(src) == len(dst)
+    pairs = list(zip(src.values(), dst.items()))
+    for sv, (name, dv) in pairs[:-2]:  # every tensor but the new head was assigned
+        assert torch.equal(sv.to(dv.dtype), dv), name
+    assert tuple(model.get_classifier().weight.shape) == (len(LABELS), 1280)
+    model.eval()
+    with torch.no_grad():
+        y = model(torch.zeros(2, 3, 64, 64))
+    assert y.shape == (2, len(LABELS)) and torch.isfinite(y).all()
+
+
+def test_backbone_shape_mismatch_fails_clearly(tmp_path, one_thread):
+    src = torch.load(C.package_weights_path(), map_location="cpu", weights_only=True)
+    k = next(iter(src))
+    src[k] = torch.zeros(16, 3, 3, 3)
+    bad = tmp_path / "bad.pth"
+    torch.save(src, bad)
+    with pytest.raises(C.ClassifierError, match="shape"):
+        C.load_backbone(len(LABELS), weights=bad)
+
+
+def test_augment_is_deterministic_and_in_range():
+    batch = np.random.default_rng(0).integers(0, 255, (4, 40, 40, 3), dtype=np.uint8)
+    a = C.augment(batch, 32, torch.Generator().manual_seed(3))
+    b = C.augment(batch, 32, torch.Generator().manual_seed(3))
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+# ---------------------------------------------------------------------- training / evaluation
+@pytest.mark.slow
+def test_train_one_epoch_writes_calibrated_checkpoint(trained):
+    ck = trained["ck"]
+    assert ck.exists() and ck.name == "classifier.pt"
+    assert (trained["out"] / "last.pt").exists()
+    d = torch.load(ck, map_location="cpu", weights_only=True)  # plain data only
+    assert d["format"] == C.FORMAT and d["labels"] == list(LABELS)
+    assert d["temperature"] > 0 and d["imgsz"] == 32 and d["margin"] == C.CROP_MARGIN
+    assert d["mean"] == list(C.MEAN) and d["review_threshold"] == C.REVIEW_THRESHOLD
+    assert all(v.dtype == torch.float16 for v in d["state_dict"].values() if v.is_floating_point())
+    assert d["data"]["train"] == {"neutrophil": 9, "lymphocyte": 9, "blast": 9}
+    assert d["recipe"]["epochs"] == 1 and d["calibration"]["n_val"] == 15
+    assert len(json.loads((trained["out"] / "log.jsonl").read_text().splitlines()[0])) > 3
+
+
+@pytest.mark.slow
+def test_train_resumes_from_last_checkpoint(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained["out"], out)
+    msgs = []
+    ck = C.train(trained["data"], out, epochs=2, imgsz=32, batch=8, lr=1e-3, seed=0, freeze_epochs=0, log=msgs.append)
+    assert any("resumed" in m and "after epoch 1" in m for m in msgs)
+    d = torch.load(ck, map_location="cpu", weights_only=True)
+    assert [h["epoch"] for h in d["history"]] == [1, 2]
+    with pytest.raises(Exception, match="other data or settings"):
+        C.train(trained["data"], out, epochs=3, imgsz=40, batch=8, lr=1e-3, seed=0, freeze_epochs=0, log=msgs.append)
+
+
+@pytest.mark.slow
+def test_evaluate_metrics_in_unit_range(trained, tmp_path):
+    res = C.evaluate(trained["ck"], trained["data"][0], split="test", out_dir=tmp_path)
+    assert res["n"] == 9
+    for key in ("accuracy", "macro_f1", "ece"):
+        assert 0.0 <= res[key] <= 1.0
+    assert set(res["per_class"]) <= set(LABELS)
+    for m in res["per_class"].values():
+        for key in ("precision", "sensitivity", "specificity", "f1"):
+            assert 0.0 <= m[key] <= 1.0
+    cm = np.asarray(res["confusion"]["matrix"])
+    assert cm.sum() == 9 and cm.shape == (len(res["confusion"]["labels"]),) * 2
+    assert (tmp_path / "confusion_test.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "metrics_test.json").read_text())["n"] == 9
+
+
+def test_metrics_known_values():
+    m = C.metrics([0, 0, 1, 1], [0, 1, 1, 1])
+    assert m["accuracy"] == 0.75
+    n = m["per_class"][LABELS[0]]
+    assert (n["precision"], n["sensitivity"], n["specificity"]) == (1.0, 0.5, 1.0)
+    l1 = m["per_class"][LABELS[1]]
+    assert (l1["precision"], l1["sensitivity"], l1["specificity"]) == (round(2 / 3, 4), 1.0, 0.5)
+    assert m["confusion"]["matrix"] == [[1, 1], [0, 2]]
+
+
+def test_fit_temperature_is_positive_and_fixes_overconfidence():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    z = rng.normal(0, 1, (400, 3))
+    z[np.arange(400), y] += 1.0
+    t5, t1 = C.fit_temperature(z * 5, y), C.fit_temperature(z, y)
+    assert t1 > 0 and t5 > 2.0  # over-confident logits -> T > 1
+    assert t5 == pytest.approx(5 * t1, rel=0.05)
+
+
+# ---------------------------------------------------------------------- single-cell files + summary
+@pytest.mark.slow
+def test_classify_paths_reports_unreadable_files(trained, tmp_path):
+    folder = tmp_path / "cells"
+    shutil.copytree(trained["data"][0] / "test" / "blast", folder)
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    (folder / "empty.jpg").write_bytes(b"")
+    rows = C.classify_paths([folder], trained["ck"])
+    assert len(rows) == 5
+    bad = {r["file"].rsplit("/", 1)[-1]: r for r in rows if not r["label"]}
+    assert set(bad) == {"broken.png", "empty.jpg"}
+    assert "not a readable image" in bad["broken.png"]["reason"] and "empty" in bad["empty.jpg"]["reason"]
+    good = [r for r in rows if r["label"]]
+    for r in good:
+        assert r["label"] in LABELS and r["reason"] == ""
+        assert sum(r[f"p_{k}"] for k in LABELS) == pytest.approx(1.0, abs=1e-3)
+        assert r["label_score"] == pytest.approx(max(r[f"p_{k}"] for k in LABELS), abs=1e-4)
+    s = C.summary(rows)
+    assert s["files"] == 5 and s["unreadable"] == 2 and s["classified"] == 3
+    assert sum(s["counts"].values()) == 3 and sum(s["differential_percent"].values()) == pytest.approx(100, abs=0.2)
+    assert 0.0 <= s["apl_score"] <= 1.0 and any(f["code"] == "unreadable" for f in s["flags"])
+
+
+def test_apl_score_rule():
+    assert C.apl_score([], []) == 0.0
+    assert C.apl_score([0.0] * 50, [0.0] * 50) < 0.05  # no leukaemic-looking cells
+    assert C.apl_score([0.0] * 50, [0.9] * 50) < 0.05  # blasts only: other AML
+    assert C.apl_score([0.8] * 50, [0.05] * 50) > 0.9  # promyelocyte-predominant
+    mixed = C.apl_score([0.3] * 50, [0.3] * 50)
+    assert 0.3 < mixed < 0.7
+
+
+# ---------------------------------------------------------------------- the stage
+def _field():
+    import cv2
+
+    img = np.full((120, 160, 3), BG, np.uint8)
+    cv2.circle(img, (40, 40), 14, (120, 60, 160), -1)
+    cv2.circle(img, (110, 70), 12, (200, 120, 170), -1)
+    cv2.circle(img, (140, 20), 4, (100, 60, 150), -1)
+    boxes = [[26, 26, 54, 54], [98, 58, 122, 82], [136, 16, 144, 24], [0, 100, 20, 120]]
+    kinds = ["wbc", "rbc", "platelet", "wbc"]
+    return img, Cells(xyxy=boxes, kind=kinds, meta=SmearMeta(width=160, height=120))
+
+
+@pytest.mark.slow
+def test_stage_labels_only_wbc(trained):
+    img, cells = _field()
+    clf = C.CellClassifier(trained["ck"])
+    assert clf.name == "classifier" and len(clf.sha256) == 64
+    out = clf(img, cells)
+    assert len(out) == 4 and cells.label[0] is None  # input untouched
+    for i in (0, 3):
+        assert out.label[i] in LABELS and 0 < out.label_score[i] <= 1
+    for i in (1, 2):
+        assert out.label[i] is None and np.isnan(out.label_score[i]) and not out.review[i]
+    probs = clf.predict_crops([clf.crop(img, b) for b in cells.xyxy[:2]], batch_size=1)
+    assert probs.shape == (2, len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    out_p = C.CellClassifier(trained["ck"], platelets=True)(img, cells)
+    assert out_p.label[2] in LABELS and out_p.label[1] is None
+
+
+def test_abnormal_labels_and_low_confidence_go_to_review(trained, monkeypatch):
+    rows = [{"blast": 0.99, "monocyte": 0.01}, {"neutrophil": 0.95, "monocyte": 0.05},
+            {"neutrophil": 0.4, "monocyte": 0.3, "lymphocyte": 0.3}]
+
+    def fake(self, crops, batch_size=32):
+        p = np.zeros((len(crops), len(LABELS)), np.float32)
+        for j in range(len(crops)):
+            for lab, v in rows[j].items():
+                p[j, LABELS.index(lab)] = v
+        return p
+
+    monkeypatch.setattr(C.CellClassifier, "predict_crops", fake)
+    img = np.full((100, 100, 3), BG, np.uint8)
+    cells = Cells(xyxy=[[10, 10, 30, 30], [40, 40, 60, 60], [70, 70, 90, 90], [5, 60, 15, 70]],
+                  kind=["wbc", "wbc", "wbc", "rbc"])
+    out = C.CellClassifier(trained["ck"])(img, cells)
+    assert list(out.label) == ["blast", "neutrophil", "neutrophil", None]
+    assert list(out.review) == [True, False, True, False]  # abnormal, confident, 0.4 < 0.6
+    for lab in ABNORMAL_LABELS:
+        p = np.zeros((1, len(LABELS)))
+        p[0, LABELS.index(lab)] = 1.0
+        assert C.assign_labels(p, ["wbc"])[2][0]
+    p = np.zeros((1, len(LABELS)))
+    p[0, LABELS.index("platelet")] = 1.0
+    assert C.assign_labels(p, ["wbc"])[2][0] and not C.assign_labels(p, ["platelet"])[2][0]
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    f = tmp_path / "x.pt"
+    f.write_bytes(b"garbage")
+    with pytest.raises(C.ClassifierError, match="not a readable classifier checkpoint"):
+        C.CellClassifier(f)
+    with pytest.raises(C.ClassifierError, match="no such"):
+        C.CellClassifier(tmp_path / "missing.pt")
