@@ -289,6 +289,110 @@ def train_detector(
     typer.echo(f"best weights: {best}")
 
 
+@app.command()
+@friendly
+def classify(
+    paths: List[Path] = typer.Argument(..., help="Single-cell images or folders (searched recursively), e.g. a CellaVision export."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: cells.csv and summary.json."),
+    classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    batch: int = typer.Option(32, help="Crops per forward pass."),
+):
+    """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...) and OUT/summary.json."""
+    import csv
+    import io
+    import json
+
+    from .io import IMAGE_SUFFIXES, write_text_atomic
+    from .vocab import LABELS
+    from .weights import resolve
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file or folder")
+    n_img = sum(1 for p in paths if p.is_file()) + sum(
+        1 for p in paths if p.is_dir() for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if n_img == 0:
+        raise InputError(f"no image files in {', '.join(map(str, paths))}")
+    w, name, sha = resolve(classifier, "classifier")
+    from .adapters.classifier import CellClassifier, classify_paths, summary
+
+    clf = CellClassifier(w, device=device, name=name, sha256=sha)
+    rows = classify_paths(paths, clf, batch_size=batch, device=device)
+    buf = io.StringIO()
+    wr = csv.writer(buf)
+    wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS)])
+    for r in rows:
+        score = "" if r["label_score"] is None else f"{r['label_score']:.4f}"
+        wr.writerow([r["file"], r["label"], score, int(bool(r["review"])), r["reason"],
+                     *("" if r[f"p_{k}"] is None else f"{r[f'p_{k}']:.4f}" for k in LABELS)])
+    summ = summary(rows)
+    summ["model"] = {"name": name, "sha256": sha}
+    write_text_atomic(out / "cells.csv", buf.getvalue())
+    write_text_atomic(out / "summary.json", json.dumps(summ, indent=2))
+    for r in rows:
+        if r["reason"]:
+            _err(r["reason"])
+    diff = ", ".join(f"{k} {v}%" for k, v in summ["differential_percent"].items())
+    typer.echo(f"{summ['classified']} cells classified ({summ['review']} to review), {summ['unreadable']} unreadable; "
+               f"apl_score {summ['apl_score']:.2f}; {diff}")
+    for f in summ["flags"]:
+        typer.echo(f"flag {f['code']}: {f['message']}")
+    typer.echo(f"wrote {out / 'cells.csv'} and {out / 'summary.json'}")
+    if summ["unreadable"]:
+        raise typer.Exit(1)
+
+
+@train_app.command("classifier")
+@friendly
+def train_classifier(
+    data: List[Path] = typer.Option(..., help="Converted classify folders (repeat: --data data/pbc-cls --data data/deepapl-cls)."),
+    out: Path = typer.Option(Path("runs/classifier/train"), help="Run folder (checkpoints, log.jsonl, classifier.pt)."),
+    epochs: int = typer.Option(12), imgsz: int = typer.Option(160), batch: int = typer.Option(32),
+    lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
+    freeze_epochs: int = typer.Option(1, help="Epochs training the head only before unfreezing all."),
+    samples_per_epoch: Optional[int] = typer.Option(None, help="Balanced draws per epoch (default: the train size)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    device: str = typer.Option("cpu"),
+):
+    """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
+    for d in data:
+        if not (d / "train").is_dir():
+            raise InputError(f"{d}: not a converted classify folder (no train/)")
+    from .adapters.classifier import train
+
+    best = train([str(d) for d in data], out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr, seed=seed,
+                 freeze_epochs=freeze_epochs, samples_per_epoch=samples_per_epoch, threads=threads, device=device,
+                 log=typer.echo)
+    typer.echo(f"classifier: {best}")
+
+
+@evaluate_app.command("classifier")
+@friendly
+def evaluate_classifier(
+    data: List[Path] = typer.Option(..., help="Converted classify folder(s)."),
+    weights: Optional[str] = typer.Option(None, help="Classifier name or .pt (default: the registered default)."),
+    split: str = typer.Option("test"), out: Optional[Path] = typer.Option(None, help="Folder for metrics JSON + confusion PNG."),
+    context: float = typer.Option(1.0, help="<1: crop the image centre first (field-like framing check)."),
+    device: str = typer.Option("cpu"),
+):
+    """Accuracy, macro-F1, per-class precision / sensitivity / specificity and a confusion matrix."""
+    from .adapters.classifier import evaluate
+    from .weights import resolve
+
+    w, name, sha = resolve(weights, "classifier")
+    res = evaluate(w, [str(d) for d in data] if len(data) > 1 else str(data[0]), split=split, out_dir=out,
+                   device=device, context=context)
+    typer.echo(f"{name}: accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} on {split}")
+    per = res.get("per_class", {})
+    if per:
+        typer.echo(f"{'label':<22}{'n':>6}{'prec':>8}{'sens':>8}{'spec':>8}")
+        for lab, v in per.items():
+            typer.echo(f"{lab:<22}{v.get('support', 0):>6}{v.get('precision', 0):>8.3f}{v.get('sensitivity', 0):>8.3f}{v.get('specificity', 0):>8.3f}")
+    if out:
+        typer.echo(f"wrote {out}")
+
+
 @evaluate_app.command("detector")
 @friendly
 def evaluate_detector(
