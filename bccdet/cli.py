@@ -69,13 +69,15 @@ def analyze(
     sample: bool = typer.Option(False, "--sample", help="Analyse the sample smear (first BCCD test image)."),
     detector: Optional[str] = typer.Option(None, help="Detector name from weights/registry.json or a .pt file."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine masks with SAM."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine WBC and platelet masks with SAM (LiteMedSAM)."),
     classify: bool = typer.Option(True, "--classify/--no-classify", help="Classify leukocytes."),
     fmt: List[str] = typer.Option([], "--format", help="Extra exports: coco, geojson (repeatable)."),
+    classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
+    sam: Optional[str] = typer.Option(None, help="SAM checkpoint (.pth: a LiteMedSAM fine-tune or Meta's vit_b/l/h); default: LiteMedSAM."),
 ):
     """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
     from .io import atomic_dir, read_image
-    from .weights import resolve
+    from .weights import WeightsError, resolve
 
     bad_fmt = sorted(set(fmt) - {"coco", "geojson"})
     if bad_fmt:
@@ -95,13 +97,21 @@ def analyze(
     from .report import write_outputs
 
     pipe = Pipeline(detector=YoloDetector(weights, name=name, sha256=sha, device=device))
-    skipped = []
     if refine:
-        skipped.append("SAM refinement (--refine): not built yet, masks are the detector's")
+        from .adapters.sam import SamRefiner
+
+        pipe.refiner = SamRefiner(sam, device=device)
     if classify:
-        skipped.append("WBC classification (--classify): no classifier weights yet, labels are null")
-    for msg in skipped:
-        typer.echo(f"note: {msg}", err=True)
+        try:
+            cw, cname, csha = resolve(classifier, "classifier")
+        except WeightsError as e:
+            if classifier:  # asked for by name or file: must resolve
+                raise
+            typer.echo(f"note: WBC classification skipped, labels are null ({str(e).split(':')[0]})", err=True)
+        else:
+            from .adapters.classifier import CellClassifier
+
+            pipe.classifier = CellClassifier(cw, device=device, name=cname, sha256=csha)
     failed = 0
     used: set = set()
     for p in paths:
@@ -148,7 +158,7 @@ def _finish(report, out: Path, samples, writer, **kw) -> None:
 
 _OUT = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically when complete).")
 _TASK = typer.Option("detect", help="detect (boxes) or segment (polygons).")
-_MASKS = typer.Option("ellipse", help="For segment: masks from boxes: ellipse (inscribed) or box.")
+_MASKS = typer.Option("ellipse", help="For segment: masks from boxes: ellipse (inscribed), box, or sam (LiteMedSAM box prompts; ~3 s per image on CPU).")
 _SEED = typer.Option(0, help="Seed of the random split (deterministic).")
 
 
@@ -278,14 +288,23 @@ def train_detector(
     device: str = typer.Option("cpu"), workers: int = typer.Option(2),
     fraction: float = typer.Option(1.0, help="Fraction of the training images to use."),
     resume: bool = typer.Option(False, help="Resume from PROJECT/NAME/weights/last.pt."),
+    arg: List[str] = typer.Option([], "--arg", help="Extra ultralytics train argument KEY=VALUE (repeatable), e.g. close_mosaic=3."),
 ):
     """Train the YOLOv8-seg detector with ultralytics (checkpoints every epoch)."""
+    import yaml
+
     from .adapters.yolo import train
 
     if not data.exists():
         raise InputError(f"{data}: no such data.yaml")
+    extra = {}
+    for a in arg:
+        k, sep, v = a.partition("=")
+        if not sep or not k.strip():
+            raise InputError(f"--arg {a!r}: expected KEY=VALUE")
+        extra[k.strip()] = yaml.safe_load(v)
     best = train(data, model=model, init=init, epochs=epochs, imgsz=imgsz, batch=batch, project=project,
-                 name=name, device=device, workers=workers, fraction=fraction, resume=resume)
+                 name=name, device=device, workers=workers, fraction=fraction, resume=resume, **extra)
     typer.echo(f"best weights: {best}")
 
 

@@ -262,6 +262,30 @@ def ellipse_masks(cells: Cells) -> Cells:
     )
 
 
+def _progress(items, desc):
+    if desc is None:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="image")
+
+
+def _sam_masks(sam, s: DetSample, cells: Cells, report: Report) -> Cells:
+    """SAM masks from the boxes of one image (touching cells split); the ellipse where SAM fails."""
+    from ..adapters.sam import box_to_mask_cells
+    from ..io import read_image
+
+    try:
+        out = box_to_mask_cells(sam, read_image(s.image), cells)
+    except InputError as e:
+        report.notes.append(f"{s.image}: unreadable for SAM ({e}); ellipse masks used")
+        return ellipse_masks(cells)
+    n_fallback = int(np.sum(out.mask_source == "label"))
+    if n_fallback:
+        report.notes.append(f"{s.image}: {n_fallback}/{len(out)} SAM masks implausible; ellipse used for those")
+    return out
+
+
 def write_yolo_detection(
     samples: Iterable[DetSample], out: Path, report: Report, task: str = "detect", masks: str = "ellipse",
     names: Sequence[str] = KINDS, extra_yaml: dict | None = None,
@@ -269,17 +293,23 @@ def write_yolo_detection(
     """Write ``out/images/<split>/``, ``out/labels/<split>/``, ``out/data.yaml`` and ``out/summary.json``."""
     if task not in ("detect", "segment"):
         raise ConversionError(f"unknown task {task!r}; expected detect or segment")
+    if task == "segment" and masks not in ("ellipse", "box", "sam"):
+        raise ConversionError(f"unknown mask source {masks!r}; expected ellipse, box or sam")
     samples = list(samples)
+    sam = None
+    if task == "segment" and masks == "sam" and any(not s.cells.has_masks and len(s.cells) for s in samples):
+        from ..adapters.sam import SamModel
+
+        sam = SamModel()
     with atomic_dir(out) as tmp:
-        for s in samples:
+        for s in _progress(samples, "masks from boxes (SAM)" if sam is not None else None):
             cells = s.cells
             if task == "segment" and not cells.has_masks and len(cells):
                 if masks == "ellipse":
                     cells = ellipse_masks(cells)
-                elif masks == "box":
-                    pass  # to_yolo(segments=True) writes the box as a polygon
-                else:
-                    raise ConversionError(f"unknown mask source {masks!r}; expected ellipse or box")
+                elif masks == "sam":
+                    cells = _sam_masks(sam, s, cells, report)
+                # masks == "box": to_yolo(segments=True) writes the box as a polygon
             dst = tmp / "images" / s.split / f"{s.name}{s.image.suffix.lower()}"
             link_or_copy(s.image, dst)
             lab = tmp / "labels" / s.split / f"{s.name}.txt"

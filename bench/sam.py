@@ -1,0 +1,143 @@
+"""SAM box prompts on wbc-seg (whole-cell masks): IoU / Dice from the true box and a jittered box, and CPU time.
+
+    .venv/bin/python bench/sam.py [--limit N] [--modes field256,win128,win192,win256] [--threads 2]
+
+Modes: ``field256`` (whole image encoded once) or ``win<px>`` (a window per cell), ``@g`` the prompt
+box grown by g box sides per side (default: the adapter's PROMPT_GROW). IoU/Dice per mode: (a) the ground-truth box (tight box of the whole-cell mask), (b) each side moved by
+up to +-10% of the box size (uniform, seed 0). Timing: encoder ms and decode ms per box for 1, 10 and
+50 boxes on one 640x480 BCCD field, in the same run. Prints a table and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def gt_masks(root: Path, limit: int | None):
+    from PIL import Image
+
+    from bccdet.adapters.sam import largest_component
+
+    items = []
+    for p in sorted((root / "images").glob("*.png"))[:limit]:
+        img = np.asarray(Image.open(p).convert("RGB"))
+        m = np.asarray(Image.open(root / "masks" / p.name).convert("L"))
+        cell = largest_component(m >= 64)  # cytoplasm (128) + nucleus (255); stray low greys ignored
+        ys, xs = np.nonzero(cell)
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+        items.append((p.name, img, cell, box))
+    return items
+
+
+def jitter(box, rng, frac=0.10):
+    w, h = box[2] - box[0], box[3] - box[1]
+    d = rng.uniform(-frac, frac, 4) * np.array([w, h, w, h])
+    b = box + d
+    return np.array([min(b[0], b[2] - 2), min(b[1], b[3] - 2), b[2], b[3]], np.float32)
+
+
+def score(pred_crop, off, gt):
+    full = np.zeros_like(gt)
+    x0, y0 = off
+    h, w = pred_crop.shape
+    full[y0:y0 + h, x0:x0 + w] = pred_crop
+    inter = (full & gt).sum()
+    union = (full | gt).sum()
+    return inter / union, 2 * inter / (full.sum() + gt.sum())
+
+
+def run_mode(model, items, mode, rng_seed=0):
+    from bccdet.adapters.sam import largest_component
+
+    rng = np.random.default_rng(rng_seed)
+    res = {"a": [], "b": []}
+    t0 = time.perf_counter()
+    for name, img, gt, box in items:
+        jb = jitter(box, rng)
+        kind, _, g = mode.partition("@")
+        kw = {"prompt_grow": float(g)} if g else {}
+        if kind.startswith("field"):
+            masks, offs, _ = model.segment_field(img, np.stack([box, jb]), **kw)
+            pairs = [("a", masks[0], offs[0]), ("b", masks[1], offs[1])]
+        else:
+            size = int(kind[3:])
+            masks, offs, _ = model.segment_windows(img, np.stack([box, jb]), window_size=size, batch=2, **kw)
+            pairs = [("a", masks[0], offs[0]), ("b", masks[1], offs[1])]
+        for k, m, o in pairs:
+            res[k].append(score(largest_component(m), o, gt))
+    dt = (time.perf_counter() - t0) / len(items)
+    out = {}
+    for k in "ab":
+        a = np.array(res[k])
+        out[k] = (a[:, 0].mean(), a[:, 1].mean(), a[:, 0].min())
+    return out, dt * 1e3
+
+
+def timing(model, threads_note):
+    from bccdet.data import dataset
+    from bccdet.io import read_image
+
+    bccd = dataset("bccd")
+    if bccd is None:
+        return []
+    img = read_image(bccd / "JPEGImages" / "BloodImage_00007.jpg")
+    rng = np.random.default_rng(1)
+    rows = []
+    for n in (1, 10, 50):
+        xy = rng.uniform(0, [560, 400], (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(20, 80, (n, 2))], 1).astype(np.float32)
+        for mode in ("field", "win128"):
+            t = {}
+            t0 = time.perf_counter()
+            if mode == "field":
+                model.segment_field(img, boxes, timings=t)
+            else:
+                model.segment_windows(img, boxes, window_size=128, timings=t)
+            rows.append((mode, n, t["encode_ms"], t["decode_ms"] / n, (time.perf_counter() - t0) * 1e3))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--modes", default="field256@0,field256,win128@0,win128@0.05,win128,win128@0.1,win256",
+                    help="field<size> | win<size>, optionally @<prompt grow> (default: the adapter's PROMPT_GROW)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-timing", action="store_true")
+    a = ap.parse_args()
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from bccdet.adapters.sam import SamModel
+    from bccdet.data import dataset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import machine as describe
+
+    root = dataset("wbc-seg")
+    if root is None:
+        sys.exit("wbc-seg absent: set BCCDET_DATA or put the data sets in ../shared/datasets")
+    model = SamModel()
+    items = gt_masks(root, a.limit)
+    print(describe())
+    print(f"LiteMedSAM on wbc-seg ({len(items)} images, whole-cell masks), torch threads {torch.get_num_threads()}")
+    print(f"{'mode':<10}{'IoU(a)':>8}{'Dice(a)':>9}{'min(a)':>8}{'IoU(b)':>8}{'Dice(b)':>9}{'min(b)':>8}{'ms/img':>9}")
+    for mode in a.modes.split(","):
+        r, ms = run_mode(model, items, mode)
+        print(f"{mode:<10}{r['a'][0]:>8.3f}{r['a'][1]:>9.3f}{r['a'][2]:>8.3f}{r['b'][0]:>8.3f}{r['b'][1]:>9.3f}{r['b'][2]:>8.3f}{ms:>9.0f}")
+    if not a.no_timing:
+        print(f"\n{'mode':<8}{'boxes':>6}{'encode ms':>11}{'decode ms/box':>15}{'total ms':>10}   (one 640x480 BCCD field)")
+        for mode, n, enc, dec, tot in timing(model, ""):
+            print(f"{mode:<8}{n:>6}{enc:>11.0f}{dec:>15.1f}{tot:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()

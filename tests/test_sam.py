@@ -1,0 +1,150 @@
+"""SAM adapter: LiteMedSAM in segment_anything's classes, box prompts on real WBC images, the refinement
+policy, touching cells, bad input, and box -> mask labels through `convert --masks sam`."""
+
+import numpy as np
+import pytest
+
+from bccdet.types import Cells, SmearMeta
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sam():
+    from bccdet.adapters.sam import SamModel
+
+    return SamModel(threads=2)
+
+
+@pytest.fixture(scope="module")
+def wbc(data_root):
+    """Three wbc-seg images with whole-cell masks and their tight boxes."""
+    from PIL import Image
+
+    from bccdet.adapters.sam import largest_component
+
+    root = data_root / "wbc-seg"
+    if not root.is_dir():
+        pytest.skip(f"{root} absent")
+    out = []
+    for name in ("001.png", "040.png", "080.png"):
+        img = np.asarray(Image.open(root / "images" / name).convert("RGB"))
+        gt = largest_component(np.asarray(Image.open(root / "masks" / name).convert("L")) >= 64)
+        ys, xs = np.nonzero(gt)
+        out.append((img, gt, np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)))
+    return out
+
+
+def _paste(m, off, shape):
+    full = np.zeros(shape, bool)
+    x0, y0 = off
+    full[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
+    return full
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_litemedsam_loads_into_segment_anything_classes(sam):
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam
+
+    assert isinstance(sam.net, Sam)
+    assert isinstance(sam.net.prompt_encoder, PromptEncoder) and isinstance(sam.net.mask_decoder, MaskDecoder)
+    assert sam.name == "litemedsam" and len(sam.sha256) == 64
+
+
+@pytest.mark.parametrize("mode", ["field", "window"])
+def test_box_prompt_segments_real_white_cells(sam, wbc, mode):
+    for img, gt, box in wbc:
+        if mode == "field":
+            masks, offs, iou = sam.segment_field(img, box[None])
+        else:
+            masks, offs, iou = sam.segment_windows(img, box[None], window_size=128)
+        got = _iou(_paste(masks[0], offs[0], gt.shape), gt)
+        assert got >= 0.88, f"{mode}: IoU {got:.3f} with the true whole-cell mask"
+
+
+def test_one_encoder_pass_decodes_many_boxes(sam, wbc):
+    img, gt, box = wbc[0]
+    boxes = np.stack([box, box + 2, box - 2, box])
+    t = {}
+    masks, offs, iou = sam.segment_field(img, boxes, batch=3, timings=t)
+    assert len(masks) == 4 and iou.shape == (4,) and t["encode_ms"] > 0
+    np.testing.assert_array_equal(masks[0], masks[3])  # same box -> same mask
+
+
+def test_refiner_improves_a_rough_mask_and_refuses_an_implausible_one(wbc):
+    from bccdet.adapters.sam import SamRefiner
+
+    ref = SamRefiner(kinds=("wbc",), threads=2)
+    img, gt, box = wbc[1]
+    h, w = gt.shape
+    meta = SmearMeta(width=w, height=h)
+    # a rough detector mask: the ellipse in the box
+    from bccdet.convert.common import ellipse_masks
+
+    rough = ellipse_masks(Cells(xyxy=box[None], kind=["wbc"], meta=meta))
+    rough.mask_source = np.array(["yolo"], dtype=object)
+    # and a "cell" on empty background in a corner: SAM finds nothing sensible there
+    bg_box = np.array([[0, 0, 30, 30]], np.float32)
+    bg = Cells(xyxy=bg_box, kind=["wbc"], masks=[np.ones((30, 30), bool)], mask_source=["yolo"], meta=meta)
+    cells = Cells.concat([rough, bg], meta=meta)
+    out = ref(img, cells)
+    assert out.mask_source[0] == "sam"
+    assert _iou(out.full_mask(0), gt) > _iou(rough.full_mask(0), gt)
+    assert out.mask_source[1] == "yolo" and out.masks[1].all()  # detector mask kept
+    assert ref.stats == {"refined": 1, "kept_detector": 1}
+
+
+def test_refiner_leaves_other_kinds_and_handles_bad_input(wbc):
+    from bccdet.adapters.sam import SamRefiner
+
+    ref = SamRefiner(threads=2)
+    img, gt, box = wbc[2]
+    h, w = gt.shape
+    meta = SmearMeta(width=w, height=h)
+    assert len(ref(img, Cells.empty(meta))) == 0
+    odd = Cells(xyxy=np.array([[-50, -50, -10, -10], [w + 5, 10, w + 40, 30], [20, 20, 20, 20], [5, 5, 6, 6],
+                               box], np.float32),
+                kind=["wbc", "platelet", "wbc", "platelet", "rbc"], meta=meta)
+    for im in (img, img.mean(axis=2).astype(np.uint8), np.dstack([img, np.full((h, w), 255, np.uint8)]),
+               img.astype(np.uint16) * 257):
+        out = ref(im, odd)
+        assert len(out) == 5 and out.mask_source[4] == "none"  # the rbc is not refined
+        assert set(out.mask_source) <= {"none", "sam"}
+
+
+def test_touching_cells_get_disjoint_masks(sam):
+    import cv2
+
+    img = np.full((160, 220, 3), (232, 205, 215), np.uint8)
+    cv2.circle(img, (80, 80), 34, (200, 120, 140), -1)
+    cv2.circle(img, (144, 80), 34, (200, 120, 140), -1)  # touching at x=112
+    boxes = np.array([[46, 46, 114, 114], [110, 46, 178, 114]], np.float32)
+    from bccdet.adapters.sam import box_to_mask_cells
+
+    cells = Cells(xyxy=boxes, kind=["rbc", "rbc"], meta=SmearMeta(width=220, height=160))
+    out = box_to_mask_cells(sam, img, cells)
+    a, b = out.full_mask(0), out.full_mask(1)
+    assert not (a & b).any()
+    for m, (cx, cy) in zip((a, b), ((80, 80), (144, 80))):
+        disc = np.zeros((160, 220), np.uint8)
+        cv2.circle(disc, (cx, cy), 34, 1, -1)
+        assert _iou(m, disc.astype(bool)) > 0.8
+
+
+def test_convert_bccd_with_sam_masks(bccd, tmp_path, cli):
+    from tests.test_train_smoke import _bccd_subset
+
+    sub = _bccd_subset(bccd, tmp_path / "bccd", n=(1, 1, 0))
+    r = cli("convert", "bccd", sub, "--out", tmp_path / "seg", "--task", "segment", "--masks", "sam")
+    assert r.returncode == 0, r.stderr[-1500:]
+    labels = sorted((tmp_path / "seg" / "labels").rglob("*.txt"))
+    assert labels
+    for lab in labels:
+        for line in lab.read_text().splitlines():
+            vals = line.split()
+            assert len(vals) > 9 and (len(vals) - 1) % 2 == 0  # class + polygon, more than a box's 4 corners
+    bad = cli("convert", "bccd", sub, "--out", tmp_path / "x", "--task", "segment", "--masks", "blob")
+    assert bad.returncode == 2 and "unknown mask source" in bad.stderr and "Traceback" not in bad.stderr
