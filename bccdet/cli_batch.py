@@ -1,0 +1,90 @@
+"""``bccdet batch``: the analyze pipeline over many slides (resumable, parallel, whole-slide aware, Ray).
+
+``register(app)`` adds the command to the typer app of ``bccdet.cli``; ``python -m bccdet.cli_batch ...``
+runs the app with it registered. The engine is ``bccdet.batch``; see docs/batch.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``batch`` command to ``app`` (idempotent)."""
+    from .cli import _err, friendly
+
+    if any(getattr(c, "name", None) == "batch" for c in app.registered_commands):
+        return
+
+    @app.command("batch")
+    @friendly
+    def batch(
+        inputs: List[str] = typer.Argument(
+            None, metavar="INPUT...",
+            help="Slide folders, images, whole-slide scans (SVS, NDPI, pyramidal TIFF), globs (quoted) or a CSV list."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: manifest.json, slides.csv/.parquet, summary.html, one folder per slide."),
+        workers: Optional[int] = typer.Option(
+            None, "--workers", "-w", min=1,
+            help="Parallel workers, each loading the models once (local default 1; ray default: every CPU of the cluster)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the batch in OUT: skip what is done, redo what is partial or failed."),
+        backend: str = typer.Option("local", "--backend", help="local (this machine) or ray (a Ray cluster; see docs/batch.md)."),
+        detector: Optional[str] = typer.Option(
+            None, help="Detector name from weights/registry.json or a .pt file (--resume: the batch's own)."),
+        classifier: Optional[str] = typer.Option(
+            None, help="Classifier name from weights/registry.json or a .pt file (default: the registered one)."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        classify: Optional[bool] = typer.Option(
+            None, "--classify/--no-classify", help="Classify leukocytes when a classifier is registered (the default)."),
+        fmt: List[str] = typer.Option([], "--format", help="Extra exports per field: coco, geojson (repeatable)."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (e.g. auto or ray://HEAD:10001); default: start a local Ray."),
+        progress: Optional[bool] = typer.Option(
+            None, "--progress/--no-progress", help="Progress bar with ETA (default: when stderr is a terminal)."),
+        imgsz: Optional[int] = typer.Option(None, "--imgsz", hidden=True, help="Detector inference size (advanced)."),
+        conf: Optional[float] = typer.Option(None, "--conf", hidden=True, help="Detector confidence threshold (advanced)."),
+    ):
+        """Analyse many slides: one folder per slide (fields, or a CellaVision export of single cells), loose images
+        and whole-slide scans; write OUT/manifest.json, OUT/<slide>/slide.json, slides.csv, slides.parquet and
+        summary.html. Exit status 1 when any input failed (recorded in the manifest; the others are processed)."""
+        from .batch import run_batch
+
+        if backend not in ("local", "ray"):
+            _err(f"unknown --backend {backend!r}; expected local or ray")
+            raise typer.Exit(2)
+        bad_fmt = sorted(set(fmt) - {"coco", "geojson"})
+        if bad_fmt:
+            _err(f"unknown --format {bad_fmt}; expected coco or geojson")
+            raise typer.Exit(2)
+        if not inputs and not resume:
+            _err("no inputs given (slide folders, images, whole-slide scans, globs or a CSV list)")
+            raise typer.Exit(2)
+        det_opts = None if imgsz is None and conf is None else {}
+        if imgsz is not None:
+            det_opts["imgsz"] = imgsz
+        if conf is not None:
+            det_opts["conf"] = conf
+        res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
+                        device=device, classify=classify, formats=tuple(fmt) or None, ray_address=ray_address,
+                        detector_options=det_opts, progress=progress, log=lambda m: typer.echo(m, err=True))
+        typer.echo(
+            f"batch: {res['slides']} slide(s) ({res['slides_done']} done, {res['slides_failed']} failed, "
+            f"{res['slides_skipped']} skipped), {res['fields']} image(s) ({res['fields_done']} done, "
+            f"{res['fields_failed']} failed, {res['fields_skipped']} skipped) in {res['elapsed_s']:.0f} s "
+            f"-> {Path(res['out']) / 'summary.html'}"
+        )
+        if res["failed"]:
+            typer.echo(f"some inputs failed: reasons in {Path(res['out']) / 'manifest.json'}", err=True)
+            raise typer.Exit(1)
+
+
+def main() -> None:
+    from .cli import app
+
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""`bccdet batch`: planning and bad inputs, outputs and aggregates, exit codes, resume after kill -9,
+whole-slide tiling, single-cell exports and the Ray backend (docs/batch.md)."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bccdet import batch as B
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.data
+
+FAST = ["--imgsz", "64", "--conf", "1e-4", "--no-progress"]  # the tiny detector finds ~10 cells per field this way
+FAST_OPTS = {"imgsz": 64, "conf": 1e-4}
+
+
+# ---------------------------------------------------------------------- helpers
+def _fields(bccd: Path, d: Path, n: int, start: int = 0, size=(448, 336)) -> list[Path]:
+    """``n`` distinct BCCD fields, cropped to ``size`` (still fields: longer side > 400 px), as JPGs in ``d``."""
+    d.mkdir(parents=True, exist_ok=True)
+    src = sorted((bccd / "JPEGImages").glob("*.jpg"))[start:start + n]
+    out = []
+    for p in src:
+        q = d / p.name
+        Image.open(p).convert("RGB").crop((0, 0, *size)).save(q, quality=92)
+        out.append(q)
+    return out
+
+
+def _crop(src: Path, dst: Path, side=256) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(src).convert("RGB").crop((100, 100, 100 + side, 100 + side)).save(dst)
+    return dst
+
+
+def _app():
+    from bccdet.cli import app
+    from bccdet.cli_batch import register
+
+    register(app)
+    return app
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(_app(), ["batch", *map(str, args)])
+    return r
+
+
+def _complete_field_dirs(out: Path) -> list[Path]:
+    return [f for s in out.iterdir() if s.is_dir() and not s.name.startswith(".")
+            for f in s.iterdir() if f.is_dir() and not f.name.startswith(".") and (f / "report.json").exists()]
+
+
+def _snapshot(out: Path) -> dict:
+    """Every output file's bytes, the manifest without timings, for comparing two runs."""
+    snap = {}
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_dir() or rel.startswith(".state/") or rel in (".lock", "manifest.json"):
+            continue
+        snap[rel] = p.read_bytes()
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("updated")
+    for s in m["slides"]:
+        for f in s["fields"]:
+            f.pop("ms", None)
+    snap["manifest.json"] = m
+    return snap
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k] == b[k], f"{k} differs"
+
+
+# ---------------------------------------------------------------------- planning (no model)
+def test_plan_records_bad_inputs_with_reasons(bccd, tmp_path):
+    inp = tmp_path / "in"
+    a = _fields(bccd, inp / "A", 2)
+    b = _fields(bccd, inp / "B", 1, start=2)
+    shutil.copy(a[0], inp / "B" / "copy_of_a0.jpg")  # duplicate across slides
+    (inp / "B" / "notes.txt").write_text("not an image\n")  # non-image file
+    (inp / "B" / "empty.jpg").write_bytes(b"")  # unreadable image
+    (inp / "B" / "garbage.png").write_text("this is not a png")
+    (inp / "E").mkdir()  # empty folder
+    _fields(bccd, inp / "M", 2, start=3)  # mixed: two fields and a single-cell crop
+    _crop(a[1], inp / "M" / "crop.png")
+    for i, lab in enumerate(("Lymphocyte", "Segmented neutrophils")):  # a CellaVision-style export
+        _crop(bccd / "JPEGImages" / f"BloodImage_0001{i}.jpg", inp / "Patient_X" / lab / f"cell{i}.png")
+    loose = _fields(bccd, inp / "loose", 2, start=5)
+    lst = tmp_path / "list.csv"
+    lst.write_text(f"path,slide\n{loose[0]},from_csv\n{loose[1].relative_to(tmp_path)},from_csv\n")
+
+    opts = {"tile": 640, "overlap": 192}
+    slides = B.plan_batch([str(inp / x) for x in ("A", "B", "E", "M", "Patient_X")] +
+                          [str(tmp_path / "nowhere"), str(inp / "nothing*.jpg"), str(lst)], opts)
+    by = {s["slide"]: s for s in slides}
+    assert list(by) == ["A", "B", "E", "M", "Patient_X", "nowhere", "nothing_", "from_csv"]
+    fb = {f["name"]: f for f in by["B"]["fields"]}
+    assert fb["copy_of_a0"]["status"] == "skipped" and "duplicate of A/" in fb["copy_of_a0"]["error"]
+    assert fb["notes"]["status"] == "skipped" and "not an image" in fb["notes"]["error"]
+    assert fb["empty"]["status"] == "failed" and "empty file" in fb["empty"]["error"]
+    assert fb["garbage"]["status"] == "failed" and "not a readable image" in fb["garbage"]["error"]
+    assert fb[b[0].stem]["status"] == "pending"
+    assert by["E"]["error"].startswith("empty folder")
+    fm = {f["name"]: f for f in by["M"]["fields"]}
+    assert by["M"]["kind"] == "fields" and fm["crop"]["status"] == "failed" and "mixed folder" in fm["crop"]["error"]
+    assert by["Patient_X"]["kind"] == "cellavision" and len(by["Patient_X"]["fields"]) == 2
+    assert {f.get("given_class") for f in by["Patient_X"]["fields"]} == {"Lymphocyte", "Segmented neutrophils"}
+    assert by["nowhere"]["error"] == "no such file or folder"
+    assert by["nothing_"]["error"] == "glob matched nothing"
+    assert [f["path"] for f in by["from_csv"]["fields"]] == [str(p) for p in loose]
+    for s in slides:  # every field record has a sha256 when its file exists
+        assert all(f["sha256"] for f in s["fields"] if f["status"] == "pending")
+
+
+def test_slide_summary_equals_summarize_on_concatenated_cells():
+    from bccdet.report import summarize
+    from bccdet.types import Cells, SmearMeta
+
+    rng = np.random.default_rng(0)
+    parts, counts, labels = [], {}, []
+    for k in range(5):
+        n = 60
+        kind = rng.choice(["rbc", "wbc", "platelet"], n, p=[0.5, 0.4, 0.1])
+        lab = [str(rng.choice(["neutrophil", "lymphocyte", "blast"])) if x == "wbc" and rng.random() < 0.9 else None for x in kind]
+        xy = np.tile([0, 0, 5, 5], (n, 1)).astype(np.float32)
+        c = Cells(xyxy=xy, kind=list(kind), label=lab, meta=SmearMeta(width=10, height=10))
+        parts.append(c)
+        counts = B._add_counts(counts, c.counts())
+        labels += [lb for kd, lb in zip(c.kind, c.label) if kd == "wbc"]
+    assert B.summarize_totals(counts, labels) == summarize(Cells.concat(parts))
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = _invoke("--out", tmp_path / "o")
+    assert r.exit_code == 2 and "no inputs" in r.stderr
+    r = _invoke(tmp_path, "--out", tmp_path / "o", "--backend", "spark")
+    assert r.exit_code == 2 and "backend" in r.stderr
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "manifest.json").write_text(json.dumps({"format": B.FORMAT, "slides": []}))
+    r = _invoke(tmp_path, "--out", tmp_path / "o", "--detector", "no-such-model")
+    assert r.exit_code == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------- end to end (tiny detector)
+@pytest.mark.slow
+def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path):
+    inp = tmp_path / "in"
+    a = _fields(bccd, inp / "A", 3)
+    _fields(bccd, inp / "B", 2, start=3)
+    shutil.copy(a[0], inp / "B" / "dup.jpg")
+    (inp / "B" / "readme.txt").write_text("hello")
+    data = a[1].read_bytes()
+    (inp / "B" / "truncated.jpg").write_bytes(data[: len(data) // 3])  # header fine, pixels missing
+    (inp / "E").mkdir()
+    _fields(bccd, inp / "M", 1, start=6)
+    _crop(a[2], inp / "M" / "crop.png")
+    _crop(a[2], inp / "CV" / "Lymphocyte" / "c1.png")
+    out = tmp_path / "out"
+    r = _invoke(*(inp / x for x in ("A", "B", "E", "M", "CV")), "--out", out, "--detector", tiny_detector,
+                "--no-classify", *FAST)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    man = json.loads((out / "manifest.json").read_text())
+    st = {s["slide"]: s for s in man["slides"]}
+    assert {k: v["status"] for k, v in st.items()} == {"A": "done", "B": "done", "E": "failed", "M": "done", "CV": "failed"}
+    fb = {f["name"]: f for f in st["B"]["fields"]}
+    assert fb["truncated"]["status"] == "failed" and "truncated" in fb["truncated"]["error"]
+    assert fb["dup"]["status"] == "skipped" and fb["readme"]["status"] == "skipped"
+    assert "classifier" in st["CV"]["error"]
+    assert all(f["sha256"] and f["output"] for f in st["A"]["fields"])
+    # per-field outputs: the analyze files, no timings inside; per-slide summary sums the fields
+    slide = json.loads((out / "A" / "slide.json").read_text())
+    tot = {"rbc": 0, "wbc": 0, "platelet": 0}
+    for f in a:
+        d = out / "A" / f.stem
+        assert sorted(p.name for p in d.iterdir()) == ["cells.csv", "overlay.png", "report.html", "report.json"]
+        rep = json.loads((d / "report.json").read_text())
+        assert "timings_ms" not in rep
+        tot = {k: tot[k] + rep["summary"]["counts"][k] for k in tot}
+    assert slide["summary"]["counts"] == tot and tot["wbc"] > 0
+    assert {f["code"] for f in slide["summary"]["flags"]} >= {"few_wbc", "not_classified"}
+    # aggregates: one row per slide
+    import pandas as pd
+
+    csv_df = pd.read_csv(out / "slides.csv")
+    pq = pd.read_parquet(out / "slides.parquet")
+    assert list(csv_df["slide"]) == list(pq["slide"]) == ["A", "B", "E", "M", "CV"]
+    assert int(pq.loc[pq.slide == "A", "wbc"].iloc[0]) == tot["wbc"]
+    assert "few_wbc" in pq.loc[pq.slide == "A", "flags"].iloc[0]
+    assert {"pct_neutrophil", "pct_blast", "apl_score", "n_flags"} <= set(pq.columns)
+    html = (out / "summary.html").read_text()
+    assert "data:image/png;base64," in html and "Flag counts" in html and "http" not in html
+    # resume: nothing done is redone (only the failed truncated field is retried), same exit status
+    before = {p: p.stat().st_mtime_ns for p in _complete_field_dirs(out)}
+    r = _invoke("--out", out, "--resume")
+    assert r.exit_code == 1, r.output
+    assert "1 unit(s) to run" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in _complete_field_dirs(out)} == before
+    # the same OUT without --resume: refused
+    r = _invoke(inp / "A", "--out", out, "--detector", tiny_detector)
+    assert r.exit_code == 2 and "--resume" in r.stderr
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_equals_uninterrupted(bccd, tiny_detector, tmp_path):
+    inp = tmp_path / "in"
+    _fields(bccd, inp / "S1", 4)
+    _fields(bccd, inp / "S2", 4, start=4)
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "bccdet.cli_batch", "batch", str(inp / "S1"), str(inp / "S2"), "--out", str(out),
+                "--detector", str(tiny_detector), *FAST, *extra]
+
+    env = {k: v for k, v in os.environ.items() if k != "BCCDET_DEBUG"}
+    # the uninterrupted reference (in this process: same model, same settings, one start-up fewer)
+    ref = B.run_batch([inp / "S1", inp / "S2"], tmp_path / "ref", detector=str(tiny_detector), detector_options=FAST_OPTS,
+                      progress=False, log=lambda m: None)
+    assert not ref["failed"] and ref["fields_done"] == 8
+
+    out = tmp_path / "killed"
+    rnd = random.Random(0)
+    kills = 0
+    for i, threshold in enumerate((1, 4)):  # kill -9 once 1, then 4 of the 8 fields are complete
+        proc = subprocess.Popen(cmd(out, *(["--resume"] if i else [])), cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if out.exists() and len(_complete_field_dirs(out)) >= threshold:
+                time.sleep(rnd.uniform(0.0, 0.4))  # somewhere in the next field
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        # whatever the moment: every visible output is complete, the manifest parses
+        for d in _complete_field_dirs(out):
+            assert sorted(p.name for p in d.iterdir()) == ["cells.csv", "overlay.png", "report.html", "report.json"]
+            json.loads((d / "report.json").read_text())
+        if (out / "manifest.json").exists():
+            json.loads((out / "manifest.json").read_text())
+    assert kills >= 1
+    fin = subprocess.run(cmd(out, "--resume"), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert fin.returncode == 0, fin.stderr[-2000:]
+    assert not [p for p in out.rglob(".*") if ".partial-" in p.name or ".old-" in p.name or p.name.endswith(".tmp")]
+    _assert_same(_snapshot(tmp_path / "ref"), _snapshot(out))
+
+
+# ---------------------------------------------------------------------- whole-slide scans
+def _blob_detector():
+    """A YoloDetector whose per-tile prediction is a deterministic threshold + connected components (no model):
+    the tiling and the centre-in-core rule are the detector's own."""
+    import cv2
+
+    from bccdet.adapters.yolo import YoloDetector
+    from bccdet.types import Cells
+
+    class Blob(YoloDetector):
+        def __init__(self):
+            self.tile, self.overlap, self.name, self.sha256 = 640, 192, "blob", ""
+
+        def _predict(self, image, meta):
+            g = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+            m = (g < 150).astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+            boxes = [[x, y, x + w, y + h] for x, y, w, h, area in stats[1:] if area >= 40]
+            return Cells(xyxy=np.array(boxes, np.float32).reshape(-1, 4), kind=["wbc"] * len(boxes), meta=meta)
+
+    return Blob()
+
+
+def _pyramid(bccd: Path, path: Path, w=3000, h=2000) -> np.ndarray:
+    import tifffile
+
+    files = sorted((bccd / "JPEGImages").glob("*.jpg"))
+    img = np.zeros((h, w, 3), np.uint8)
+    k = 0
+    for y in range(0, h, 480):
+        for x in range(0, w, 640):
+            a = np.asarray(Image.open(files[k]).convert("RGB"))
+            k += 1
+            img[y:y + 480, x:x + 640] = a[: min(480, h - y), : min(640, w - x)]
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(256, 256), subifds=2, photometric="rgb", compression="zlib")
+        for f in (2, 4):
+            tw.write(img[::f, ::f], tile=(256, 256), subfiletype=1, photometric="rgb", compression="zlib")
+    return img
+
+
+def test_whole_slide_tiles_count_each_cell_once(bccd, tmp_path, monkeypatch):
+    from bccdet.pipeline import Pipeline
+    from bccdet.types import SmearMeta
+
+    scan = tmp_path / "scan.tif"
+    img = _pyramid(bccd, scan)
+    assert B.is_wsi(scan)
+    det = _blob_detector()
+    monkeypatch.setattr(B.Worker, "_pipeline", lambda self: Pipeline(detector=_blob_detector()))
+    dummy = tmp_path / "blob.pt"
+    dummy.write_bytes(b"not a model: the pipeline is patched")
+    res = B.run_batch([scan], tmp_path / "out", detector=str(dummy), progress=False, log=lambda m: None)
+    assert not res["failed"] and res["slides_done"] == 1
+    ref = det(img, SmearMeta(width=img.shape[1], height=img.shape[0]))  # the detector's own tiling, in memory
+    slide = json.loads((tmp_path / "out/scan/slide.json").read_text())
+    assert slide["summary"]["counts"]["wbc"] == len(ref) > 100
+    assert slide["wsi"]["width"] == 3000 and slide["wsi"]["tiles"] == 35
+    import pandas as pd
+
+    cells = pd.read_csv(tmp_path / "out/scan/cells.csv")
+    got = cells[["x1", "y1", "x2", "y2"]].to_numpy()
+    assert np.allclose(got, np.round(ref.xyxy.astype(np.float64), 1), atol=0.051)
+    cross = ((got[:, 0] < 640) & (got[:, 2] > 640)) | ((got[:, 1] < 448) & (got[:, 3] > 448))
+    assert cross.any()  # cells straddling tile borders exist and are counted once
+    assert sorted(p.name for p in (tmp_path / "out/scan").iterdir()) == ["cells.csv", "overview.jpg", "slide.json"]
+
+
+# ---------------------------------------------------------------------- single-cell exports (CellaVision)
+class _FakeClassifier:
+    """Stands in for adapters.classifier.CellClassifier: 'promyelocyte' for reddish crops, else 'lymphocyte'."""
+
+    threshold = 0.5
+
+    def __init__(self, checkpoint, device="cpu", name="", sha256=""):
+        self.name, self.sha256 = name, sha256
+
+    def crop_single(self, image):
+        return image
+
+    def predict_crops(self, crops, batch_size=32):
+        from bccdet.vocab import LABELS
+
+        out = np.zeros((len(crops), len(LABELS)), np.float32)
+        for i, c in enumerate(crops):
+            lab = "promyelocyte" if c[..., 0].mean() > c[..., 2].mean() else "lymphocyte"
+            out[i, LABELS.index(lab)] = 0.9
+            out[i, LABELS.index("blast")] = 0.1
+        return out
+
+
+def test_single_cell_export_classified_with_patient_summary(bccd, tmp_path, monkeypatch):
+    C = pytest.importorskip("bccdet.adapters.classifier")
+    inp = tmp_path / "in"
+    src = sorted((bccd / "JPEGImages").glob("*.jpg"))
+    for i in range(4):
+        _crop(src[i], inp / "Patient_A" / ("Promyelocyte" if i % 2 else "Lymphocyte") / f"c{i}.png")
+    (inp / "Patient_A" / "Lymphocyte" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    ck = tmp_path / "fake-classifier.pt"
+    ck.write_bytes(b"fake")
+    dummy = tmp_path / "det.pt"
+    dummy.write_bytes(b"fake")
+    # without a classifier module the slide is recorded as failed with the reason
+    monkeypatch.setattr(B, "_classifier_available", lambda: False)
+    res = B.run_batch([inp / "Patient_A"], tmp_path / "o1", detector=str(dummy), classifier=str(ck), progress=False,
+                      log=lambda m: None)
+    man = json.loads((tmp_path / "o1/manifest.json").read_text())
+    assert res["failed"] and man["slides"][0]["status"] == "failed"
+    assert man["slides"][0]["error"].startswith("classifier not available")
+    # with one: classify_paths + its patient summary (apl_score) -> slide.json, slides.csv
+    monkeypatch.setattr(B, "_classifier_available", lambda: True)
+    monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
+    res = B.run_batch([inp / "Patient_A"], tmp_path / "o2", detector=str(dummy), classifier=str(ck), progress=False,
+                      log=lambda m: None)
+    slide = json.loads((tmp_path / "o2/Patient_A/slide.json").read_text())
+    assert slide["kind"] == "cellavision" and slide["summary"]["counts"]["wbc"] == 4
+    assert set(slide["summary"]["differential"]) <= {"promyelocyte", "lymphocyte"}
+    assert slide["patient_summary"]["apl_score"] == slide["apl_score"] is not None
+    bad = [f for f in slide["fields"] if f["name"] == "bad"][0]
+    assert bad["status"] == "failed" and res["fields_failed"] == 1
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "o2/slides.csv")
+    assert len(df) == 1 and df["apl_score"].iloc[0] == pytest.approx(slide["apl_score"])
+    assert len(pd.read_csv(tmp_path / "o2/Patient_A/cells.csv")) == 4
+
+
+# ---------------------------------------------------------------------- Ray
+@pytest.mark.slow
+def test_ray_backend_same_outputs_as_local(bccd, tiny_detector, tmp_path):
+    ray = pytest.importorskip("ray")
+    inp = tmp_path / "in"
+    _fields(bccd, inp / "S", 4)
+    kw = dict(detector=str(tiny_detector), detector_options=FAST_OPTS, progress=False, log=lambda m: None)
+    local = B.run_batch([inp / "S"], tmp_path / "local", **kw)
+    assert not local["failed"]
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as e:  # pragma: no cover - depends on the machine
+        pytest.skip(f"ray does not start here: {e}")
+    try:
+        res = B.run_batch([inp / "S"], tmp_path / "ray", backend="ray", workers=2, **kw)
+    finally:
+        ray.shutdown()
+    assert not res["failed"] and res["fields_done"] == 4
+    _assert_same(_snapshot(tmp_path / "local"), _snapshot(tmp_path / "ray"))
