@@ -70,3 +70,19 @@ def resolve(name_or_path: str | None, task: str) -> tuple[Path, str, str]:
         p = download(m.url, cache_dir() / m.file, m.sha256)
         return p, m.name, m.sha256
     raise WeightsError(f"{m.name}: weights file {m.file} is missing from weights/ and has no download URL")
+
+
+def register(file: str | Path, name: str, task: str, card: str, default: bool = True, url: str = "") -> ModelEntry:
+    """Add (or replace) a model in weights/registry.json; ``default`` makes it the task's default."""
+    from .io import write_text_atomic
+
+    p = Path(file)
+    if not p.is_file() or p.resolve().parent != WEIGHTS_DIR.resolve():
+        raise WeightsError(f"{p}: register files that sit in {WEIGHTS_DIR}")
+    entry = ModelEntry(name=name, task=task, file=p.name, sha256=sha256_file(p), url=url, card=card, default=default)
+    models = [m for m in registry().values() if m.name != name]
+    if default:
+        models = [ModelEntry(**{**m.__dict__, "default": False}) if m.task == task else m for m in models]
+    models.append(entry)
+    write_text_atomic(REGISTRY_FILE, json.dumps({"models": [m.__dict__ for m in sorted(models, key=lambda m: (m.task, m.name))]}, indent=2) + "\n")
+    return entry

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/sam.py [--limit N] [--modes field256,win128,win192,win256] [--threads 2]
 
-Modes: ``field256`` (whole image encoded once) or ``win<px>`` (a window per cell), ``@g`` the prompt
+Modes: ``field256`` (whole image encoded once) or ``win<px>[c<context>]`` (a window per cell, ``context``
+box sides around the box per side; default the adapter's WINDOW_CONTEXT), ``@g`` the prompt
 box grown by g box sides per side (default: the adapter's PROMPT_GROW). IoU/Dice per mode: (a) the ground-truth box (tight box of the whole-cell mask), (b) each side moved by
 up to +-10% of the box size (uniform, seed 0). Timing: encoder ms and decode ms per box for 1, 10 and
 50 boxes on one 640x480 BCCD field, in the same run. Prints a table and the machine.
@@ -67,8 +68,10 @@ def run_mode(model, items, mode, rng_seed=0):
             masks, offs, _ = model.segment_field(img, np.stack([box, jb]), **kw)
             pairs = [("a", masks[0], offs[0]), ("b", masks[1], offs[1])]
         else:
-            size = int(kind[3:])
-            masks, offs, _ = model.segment_windows(img, np.stack([box, jb]), window_size=size, batch=2, **kw)
+            size, _, ctx = kind[3:].partition("c")
+            if ctx:
+                kw["context"] = float(ctx)
+            masks, offs, _ = model.segment_windows(img, np.stack([box, jb]), window_size=int(size), batch=2, **kw)
             pairs = [("a", masks[0], offs[0]), ("b", masks[1], offs[1])]
         for k, m, o in pairs:
             res[k].append(score(largest_component(m), o, gt))

@@ -11,7 +11,7 @@ Two ways to prompt, both "encode once, decode every box of that encoding":
 * :meth:`SamModel.segment_field` encodes the whole image once (longest side -> the model's input
   size) and decodes all boxes in batches: box -> mask labels for detection data sets.
 * :meth:`SamModel.segment_windows` encodes a square window around each cell (side ``1 + 2 * context``
-  box sides) at ``window_size`` px, several windows per encoder batch, one box per window. Cells are
+  box sides, default 1.5) at ``window_size`` px, several windows per encoder batch, one box per window. Cells are
   seen large, which matters for platelets and small fields, and the cost is per refined cell, so
   :class:`SamRefiner` refines only the kinds that need it (WBCs and platelets by default).
 
@@ -48,6 +48,9 @@ LITEMEDSAM = "litemedsam"
 # Box prompts are grown by this fraction of the box side on each side (measured on wbc-seg, bench/sam.py):
 # from the true box and from boxes jittered by +-10% SAM does better with a slightly loose box.
 PROMPT_GROW = 0.08
+# A window is the box plus this many box sides of context per side (0.25: 1.5x the box). Wider windows
+# shrink the cell at 128 px and SAM then follows the pale halo around BCCD's WBCs instead of the cell.
+WINDOW_CONTEXT = 0.25
 
 
 class SamError(InputError):
@@ -263,7 +266,7 @@ class SamModel:
             timings["decode_ms"] = timings.get("decode_ms", 0.0) + (time.perf_counter() - t1) * 1e3
         return masks, np.asarray(offs, np.int32).reshape(-1, 2), np.concatenate(ious).astype(np.float32)
 
-    def segment_windows(self, image: np.ndarray, boxes: np.ndarray, window_size: int = 128, context: float = 0.5,
+    def segment_windows(self, image: np.ndarray, boxes: np.ndarray, window_size: int = 128, context: float = WINDOW_CONTEXT,
                         batch: int = 8, timings: dict | None = None, pad: float = 0.15,
                         prompt_grow: float = PROMPT_GROW) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """One window per box (side ``(1 + 2 * context) * max(w, h)``), encoded at ``window_size`` px.
@@ -337,6 +340,11 @@ def _int_box(box, W: int, H: int) -> tuple[int, int, int, int]:
     x0 = max(0, min(W, int(math.floor(box[0]))))
     y0 = max(0, min(H, int(math.floor(box[1]))))
     return x0, y0, max(x0, min(W, int(math.ceil(box[2])))), max(y0, min(H, int(math.ceil(box[3]))))
+
+
+def _box_area(box, W: int, H: int) -> float:
+    b = clip_boxes(box, W, H)[0]
+    return float((b[2] - b[0]) * (b[3] - b[1]))
 
 
 def _grow(box, pad: float) -> np.ndarray:
@@ -414,7 +422,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 class RefinePolicy:
     """When a SAM mask may replace the detector's (all must hold); otherwise the detector's mask stays.
 
-    fill: SAM mask area / box area within [min_fill, max_fill] (an ellipse fills 0.785 of its box);
+    fill: SAM mask area / box area within [min_fill, max_fill] (an ellipse fills 0.785 of its box; the
+    mask may reach a little past the box, so up to ~1.1 is plausible);
     agree: IoU with the detector's mask >= min_iou_with_detector (when the detector gave a mask);
     score: SAM's own predicted IoU >= min_sam_score.
     The SAM mask is cut to the box (the detector's box is the cell's extent) and reduced to its largest
@@ -422,7 +431,7 @@ class RefinePolicy:
     """
 
     min_fill: float = 0.45
-    max_fill: float = 0.98
+    max_fill: float = 1.1
     min_iou_with_detector: float = 0.5
     min_sam_score: float = 0.5
 
@@ -431,7 +440,7 @@ class SamRefiner:
     """Refiner stage: improves the masks of the cells of ``kinds`` (default WBCs and platelets) with SAM."""
 
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
-                 kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = 0.5,
+                 kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
                  policy: RefinePolicy = RefinePolicy(), threads: int | None = None):
         self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads)
         self.name = self.model.name + (f"@{window_size}" if window_size != 256 else "")
@@ -458,7 +467,7 @@ class SamRefiner:
             det = None
             if cells.masks[i] is not None:
                 det = cells.full_mask(i, (H, W))[offs[k][1]:offs[k][1] + sam.shape[0], offs[k][0]:offs[k][0] + sam.shape[1]]
-            if self.accept(sam, det, float(ious[k])):
+            if self.accept(sam, det, float(ious[k]), _box_area(cells.xyxy[i], W, H)):
                 new_masks[i], new_offs[i], new_src[i] = sam, offs[k], "sam"
                 self.stats["refined"] += 1
             else:
@@ -467,11 +476,11 @@ class SamRefiner:
         out.mask_offset, out.mask_source = new_offs, new_src
         return out
 
-    def accept(self, sam: np.ndarray, det: np.ndarray | None, sam_score: float) -> bool:
+    def accept(self, sam: np.ndarray, det: np.ndarray | None, sam_score: float, box_area: float) -> bool:
         p = self.policy
-        if sam.size == 0:
+        if sam.size == 0 or box_area <= 0:
             return False
-        fill = sam.sum() / sam.size
+        fill = sam.sum() / box_area
         if not (p.min_fill <= fill <= p.max_fill) or sam_score < p.min_sam_score:
             return False
         if det is not None and det.any() and mask_iou(sam, det) < p.min_iou_with_detector:
@@ -499,8 +508,8 @@ def box_to_mask_cells(model: SamModel, image: np.ndarray, cells: Cells, mode: st
     ell = ellipse_masks(cells)
     src = []
     for i, m in enumerate(masks):
-        fill = m.sum() / max(m.size, 1)
-        if not (0.4 <= fill <= 0.98):
+        fill = m.sum() / max(_box_area(cells.xyxy[i], W, H), 1.0)
+        if not (0.4 <= fill <= 1.1):
             masks[i], offs[i] = ell.masks[i], ell.mask_offset[i]
             src.append("label")
         else:

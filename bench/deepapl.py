@@ -1,0 +1,85 @@
+"""DeepAPL held-out patients: blast recall / precision per cell and patient-level APL-vs-AML AUC of apl_score.
+
+    .venv/bin/python bench/deepapl.py [--data data/deepapl-cls] [--weights NAME|FILE] [--splits test,val]
+
+Reads the converted set's manifest.csv (patient in the ``group`` column) and ``master.csv`` (diagnosis)
+from the DeepAPL folder in $BCCDET_DATA / ../shared/datasets. Patients of the given splits were never
+trained on (``val`` did pick the epoch and fit the temperature). Prints a table and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def auc(scores, labels) -> float:
+    """Mann-Whitney AUC (ties count half)."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(REPO / "data" / "deepapl-cls"))
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--splits", default="test,val")
+    a = ap.parse_args()
+    from machine import machine
+
+    from bccdet.adapters.classifier import CellClassifier, apl_score
+    from bccdet.data import dataset
+    from bccdet.io import read_image
+    from bccdet.vocab import LABELS
+    from bccdet.weights import resolve
+
+    data = Path(a.data)
+    root = dataset("deepapl")
+    if root is None or not (data / "manifest.csv").exists():
+        sys.exit("need data/deepapl-cls (datasets/build.sh) and the DeepAPL folder")
+    diag = {r["Patient_ID"]: r["Diagnosis"] for r in csv.DictReader(open(root / "master.csv"))}
+    splits = set(a.splits.split(","))
+    rows = [r for r in csv.DictReader(open(data / "manifest.csv")) if r["split"] in splits]
+    w, name, sha = resolve(a.weights, "classifier")
+    clf = CellClassifier(w, name=name, sha256=sha)
+    crops = [clf.crop_single(read_image(data / r["file"])) for r in rows]
+    probs = clf.predict_crops(crops, 64)
+    pred = np.array([LABELS[i] for i in probs.argmax(1)])
+    true = np.array([r["label"] for r in rows])
+    tp = int(np.sum((pred == "blast") & (true == "blast")))
+    recall = tp / max(1, int(np.sum(true == "blast")))
+    precision = tp / max(1, int(np.sum(pred == "blast")))
+    acc = float(np.mean(pred == true))
+    by = defaultdict(list)
+    for i, r in enumerate(rows):
+        by[r["group"]].append(i)
+    pats = sorted(by)
+    scores = [apl_score(probs[by[p], LABELS.index("promyelocyte")], probs[by[p], LABELS.index("blast")]) for p in pats]
+    ys = [diag.get(p) == "APL" for p in pats]
+    print(f"machine: {machine()}")
+    print(f"classifier {name} ({sha[:12]}), DeepAPL splits {sorted(splits)}: {len(rows)} cells, {len(pats)} patients "
+          f"({sum(ys)} APL)")
+    print(f"{'cell accuracy':<28}{acc:.4f}")
+    print(f"{'blast recall':<28}{recall:.4f}  ({tp}/{int(np.sum(true == 'blast'))})")
+    print(f"{'blast precision':<28}{precision:.4f}  ({tp}/{int(np.sum(pred == 'blast'))})")
+    print(f"{'patient APL vs AML AUC':<28}{auc(scores, ys):.4f}")
+    print(f"{'patient':<12}{'diagnosis':<10}{'cells':>6}{'apl_score':>11}")
+    for p, s, y in sorted(zip(pats, scores, ys), key=lambda t: -t[1]):
+        print(f"{p:<12}{diag.get(p, '?'):<10}{len(by[p]):>6}{s:>11.3f}")
+
+
+if __name__ == "__main__":
+    main()
