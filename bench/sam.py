@@ -133,7 +133,7 @@ def main():
     print(describe())
     print(f"LiteMedSAM on wbc-seg ({len(items)} images, whole-cell masks), torch threads {torch.get_num_threads()}")
     print(f"{'mode':<10}{'IoU(a)':>8}{'Dice(a)':>9}{'min(a)':>8}{'IoU(b)':>8}{'Dice(b)':>9}{'min(b)':>8}{'ms/img':>9}")
-    for mode in a.modes.split(","):
+    for mode in filter(None, a.modes.split(",")):
         r, ms = run_mode(model, items, mode)
         print(f"{mode:<10}{r['a'][0]:>8.3f}{r['a'][1]:>9.3f}{r['a'][2]:>8.3f}{r['b'][0]:>8.3f}{r['b'][1]:>9.3f}{r['b'][2]:>8.3f}{ms:>9.0f}")
     if not a.no_timing:

@@ -47,7 +47,7 @@ OFFICIAL_SAM = {
 LITEMEDSAM = "litemedsam"
 # Box prompts are grown by this fraction of the box side on each side (measured on wbc-seg, bench/sam.py):
 # from the true box and from boxes jittered by +-10% SAM does better with a slightly loose box.
-PROMPT_GROW = 0.08
+PROMPT_GROW = 0.05
 # A window is the box plus this many box sides of context per side (0.25: 1.5x the box). Wider windows
 # shrink the cell at 128 px and SAM then follows the pale halo around BCCD's WBCs instead of the cell.
 WINDOW_CONTEXT = 0.25
