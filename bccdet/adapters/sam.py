@@ -342,6 +342,14 @@ def _int_box(box, W: int, H: int) -> tuple[int, int, int, int]:
     return x0, y0, max(x0, min(W, int(math.ceil(box[2])))), max(y0, min(H, int(math.ceil(box[3]))))
 
 
+def _inside_box(mask: np.ndarray, offset, box) -> int:
+    """Pixels of a mask crop (top-left at ``offset``) that fall inside ``box``."""
+    x0, y0 = int(offset[0]), int(offset[1])
+    bx0, by0 = max(0, int(math.floor(box[0])) - x0), max(0, int(math.floor(box[1])) - y0)
+    bx1, by1 = max(0, int(math.ceil(box[2])) - x0), max(0, int(math.ceil(box[3])) - y0)
+    return int(mask[by0:by1, bx0:bx1].sum())
+
+
 def _box_area(box, W: int, H: int) -> float:
     b = clip_boxes(box, W, H)[0]
     return float((b[2] - b[0]) * (b[3] - b[1]))
@@ -422,8 +430,9 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 class RefinePolicy:
     """When a SAM mask may replace the detector's (all must hold); otherwise the detector's mask stays.
 
-    fill: SAM mask area / box area within [min_fill, max_fill] (an ellipse fills 0.785 of its box; the
-    mask may reach a little past the box, so up to ~1.1 is plausible);
+    fill: SAM mask area inside the box / box area within [min_fill, max_fill] (an ellipse fills 0.785
+    of its box; a mask filling the whole box is SAM giving up, not a round cell);
+    spill: share of the SAM mask outside the box <= max_spill (boxes are a little off, not far off);
     agree: IoU with the detector's mask >= min_iou_with_detector (when the detector gave a mask);
     score: SAM's own predicted IoU >= min_sam_score.
     The SAM mask is cut to the box (the detector's box is the cell's extent) and reduced to its largest
@@ -431,17 +440,23 @@ class RefinePolicy:
     """
 
     min_fill: float = 0.45
-    max_fill: float = 1.1
+    max_fill: float = 0.95
+    max_spill: float = 0.25
     min_iou_with_detector: float = 0.5
     min_sam_score: float = 0.5
 
 
 class SamRefiner:
-    """Refiner stage: improves the masks of the cells of ``kinds`` (default WBCs and platelets) with SAM."""
+    """Refiner stage: improves the masks of the cells of ``kinds`` (default WBCs and platelets) with SAM.
+
+    Up to ``max_windows`` cells are prompted in windows (:meth:`SamModel.segment_windows`); more than
+    that, the whole field is encoded once (a 256 px field pass costs about five 128 px windows).
+    """
 
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
                  kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
-                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None):
+                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 4):
+        self.max_windows = int(max_windows)
         self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads)
         self.name = self.model.name + (f"@{window_size}" if window_size != 256 else "")
         self.sha256 = self.model.sha256
@@ -458,8 +473,11 @@ class SamRefiner:
         if not len(idx):
             return cells
         H, W = np.asarray(image).shape[:2]
-        masks, offs, ious = self.model.segment_windows(image, cells.xyxy[idx], self.window_size, self.context,
-                                                       timings=self.timings)
+        if len(idx) <= self.max_windows:
+            masks, offs, ious = self.model.segment_windows(image, cells.xyxy[idx], self.window_size, self.context,
+                                                           timings=self.timings)
+        else:  # many cells: one encoder pass over the whole field is cheaper than a window each
+            masks, offs, ious = self.model.segment_field(image, cells.xyxy[idx], timings=self.timings)
         out = cells[np.arange(len(cells))]
         new_masks, new_offs, new_src = list(out.masks), out.mask_offset.copy(), out.mask_source.copy()
         for k, i in enumerate(idx):
@@ -467,7 +485,8 @@ class SamRefiner:
             det = None
             if cells.masks[i] is not None:
                 det = cells.full_mask(i, (H, W))[offs[k][1]:offs[k][1] + sam.shape[0], offs[k][0]:offs[k][0] + sam.shape[1]]
-            if self.accept(sam, det, float(ious[k]), _box_area(cells.xyxy[i], W, H)):
+            inside = _inside_box(sam, offs[k], cells.xyxy[i])
+            if self.accept(sam, det, float(ious[k]), _box_area(cells.xyxy[i], W, H), inside):
                 new_masks[i], new_offs[i], new_src[i] = sam, offs[k], "sam"
                 self.stats["refined"] += 1
             else:
@@ -476,12 +495,16 @@ class SamRefiner:
         out.mask_offset, out.mask_source = new_offs, new_src
         return out
 
-    def accept(self, sam: np.ndarray, det: np.ndarray | None, sam_score: float, box_area: float) -> bool:
+    def accept(self, sam: np.ndarray, det: np.ndarray | None, sam_score: float, box_area: float,
+               inside: int | None = None) -> bool:
+        """``inside``: pixels of ``sam`` inside the cell's box (default: all of them)."""
         p = self.policy
-        if sam.size == 0 or box_area <= 0:
+        area = int(sam.sum())
+        if sam.size == 0 or box_area <= 0 or area == 0:
             return False
-        fill = sam.sum() / box_area
-        if not (p.min_fill <= fill <= p.max_fill) or sam_score < p.min_sam_score:
+        inside = area if inside is None else int(inside)
+        fill, spill = inside / box_area, 1.0 - inside / area
+        if not (p.min_fill <= fill <= p.max_fill) or spill > p.max_spill or sam_score < p.min_sam_score:
             return False
         if det is not None and det.any() and mask_iou(sam, det) < p.min_iou_with_detector:
             return False
@@ -491,7 +514,7 @@ class SamRefiner:
 def box_to_mask_cells(model: SamModel, image: np.ndarray, cells: Cells, mode: str = "field") -> Cells:
     """Box-only cells -> cells with SAM masks (labelling data sets); touching cells do not overlap.
 
-    A mask that fails the fill check (SAM found nothing sensible in the box) falls back to the ellipse
+    A mask that fails the fill or spill check (SAM found nothing sensible in the box) falls back to the ellipse
     inscribed in the box, and its ``mask_source`` says ``label``.
     """
     from ..convert.common import ellipse_masks
@@ -508,8 +531,9 @@ def box_to_mask_cells(model: SamModel, image: np.ndarray, cells: Cells, mode: st
     ell = ellipse_masks(cells)
     src = []
     for i, m in enumerate(masks):
-        fill = m.sum() / max(_box_area(cells.xyxy[i], W, H), 1.0)
-        if not (0.4 <= fill <= 1.1):
+        inside = _inside_box(m, offs[i], cells.xyxy[i])
+        fill = inside / max(_box_area(cells.xyxy[i], W, H), 1.0)
+        if not (0.4 <= fill <= 0.95) or m.sum() - inside > 0.25 * max(m.sum(), 1):
             masks[i], offs[i] = ell.masks[i], ell.mask_offset[i]
             src.append("label")
         else:
