@@ -39,3 +39,47 @@ def test_shipped_detector_finds_the_wbc_in_bccd_test_fields(bccd):
         assert cells.counts()["rbc"] >= 5, s  # every BCCD field is full of red cells
         assert cells.has_masks and set(cells.mask_source) == {"yolo"}
     assert hits == len(stems), f"WBC found in {hits}/{len(stems)} fields"
+
+
+def test_shipped_classifier_types_real_pbc_cells(data_root):
+    """Two held-out-style PBC images per class (the last files of each folder, sorted), typed right."""
+    if default_name("classifier") is None:
+        pytest.fail("no default classifier registered in weights/registry.json")
+    from bccdet.adapters.classifier import CellClassifier
+    from bccdet.io import read_image
+    from bccdet.vocab import LABELS, PBC_FOLDERS
+
+    pbc = data_root / "pbc"
+    if not pbc.is_dir():
+        pytest.skip(f"{pbc} absent")
+    w, name, sha = resolve(None, "classifier")
+    clf = CellClassifier(w, name=name, sha256=sha)
+    crops, truth = [], []
+    for folder, label in PBC_FOLDERS.items():
+        for f in sorted((pbc / folder).iterdir())[-2:]:
+            crops.append(clf.crop_single(read_image(f)))
+            truth.append(label)
+    probs = clf.predict_crops(crops)
+    assert probs.shape == (len(truth), len(LABELS))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    got = [LABELS[i] for i in probs.argmax(1)]
+    right = sum(g == t for g, t in zip(got, truth))
+    assert right >= len(truth) - 1, list(zip(truth, got))
+
+
+def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
+    """The README main job on the real sample smear: detector, SAM and classifier all in the report."""
+    import json
+
+    r = cli("analyze", "--sample", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "out" / "BloodImage_00007" / "report.json").read_text())
+    assert rep["models"]["detector"]["name"] == default_name("detector")
+    assert rep["models"]["refiner"]["name"].startswith("litemedsam")
+    assert rep["models"]["classifier"]["name"] == default_name("classifier")
+    wbc = [c for c in rep["cells"] if c["kind"] == "wbc"]
+    assert len(wbc) == 1 and wbc[0]["label"] in ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte",
+                                                   "immature_granulocyte", "blast", "promyelocyte", "variant_lymphocyte")
+    assert sum(c["kind"] == "rbc" for c in rep["cells"]) >= 8
+    assert {c["mask_source"] for c in rep["cells"]} <= {"yolo", "sam"}
+    assert (tmp_path / "out" / "BloodImage_00007" / "report.html").stat().st_size > 10_000
