@@ -461,7 +461,12 @@ class Worker:
             det = YoloDetector(_materialize(c["detector"]), name=c["detector"]["name"], sha256=c["detector"]["sha256"],
                                device=c["device"], tile=c["tile"], overlap=c["overlap"], **c.get("detector_options", {}))
             clf = self._classifier() if c.get("classifier") else None
-            self.pipe = Pipeline(detector=det, classifier=clf)
+            ref = None
+            if c.get("refine"):
+                from .adapters.sam import SamRefiner
+
+                ref = SamRefiner(device=c["device"])
+            self.pipe = Pipeline(detector=det, refiner=ref, classifier=clf)
         return self.pipe
 
     def _classifier(self):
@@ -868,7 +873,7 @@ class Batch:
 
     def __init__(self, out: Path, inputs: list[str], *, resume: bool = False, workers: int | None = None,
                  backend: str = "local", detector: str | None = None, classifier: str | None = None,
-                 device: str = "cpu", classify: bool | None = None,
+                 device: str = "cpu", classify: bool | None = None, refine: bool | None = None,
                  formats: tuple[str, ...] | None = None, ray_address: str | None = None, detector_options: dict | None = None,
                  progress: bool | None = None, log: Log | None = None):
         if backend not in ("local", "ray"):
@@ -882,6 +887,7 @@ class Batch:
         self.inputs = [str(_abspath(i)) for i in inputs]
         self.resume, self.workers, self.backend = resume, workers, backend
         self.detector, self.classifier, self.device, self.classify = detector, classifier, device, classify
+        self.refine = refine
         self.formats = None if formats is None else tuple(sorted(set(formats)))
         self.ray_address = ray_address
         self.detector_options = None if detector_options is None else dict(detector_options)
@@ -921,9 +927,16 @@ class Batch:
                 notes.append(f"WBC classification: detect-only, labels are null ({self.no_classifier})")
         else:
             notes.append("WBC classification off (--no-classify): detect-only, labels are null")
-        models = {"detector": {"name": name, "sha256": sha}, "refiner": None,
+        refiner = None
+        if self.refine:
+            from .adapters.sam import litemedsam_checkpoint
+
+            refiner = {"name": "litemedsam@128", "sha256": litemedsam_checkpoint()[1]}
+        else:
+            notes.append("SAM refinement off (--no-refine): masks are the detector's")
+        models = {"detector": {"name": name, "sha256": sha}, "refiner": refiner,
                   "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]}}
-        cfg = {"detector": det, "classifier": clf, "device": self.device, "tile": 640, "overlap": 192,
+        cfg = {"detector": det, "classifier": clf, "refine": bool(self.refine), "device": self.device, "tile": 640, "overlap": 192,
                "detector_options": self.detector_options, "formats": list(self.formats)}
         return models, cfg, notes
 
@@ -1216,11 +1229,14 @@ class Batch:
             self.classifier = was.get("classifier")
         if self.classify is None:
             self.classify = was.get("classify", True)
+        if self.refine is None:
+            self.refine = was.get("refine", False) if prev is not None else True  # older batches: none
         if self.formats is None:
             self.formats = tuple(was.get("formats", ()))
         if self.detector_options is None:
             self.detector_options = dict(was.get("detector_options", {}))
-        self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify, "formats": list(self.formats),
+        self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify,
+                     "refine": self.refine, "formats": list(self.formats),
                      "detector_options": self.detector_options}
         self.models, cfg, notes = self._models()
         self.options = {"tile": cfg["tile"], "overlap": cfg["overlap"], "detector_options": self.detector_options,

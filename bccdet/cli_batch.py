@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda."),
         classify: Optional[bool] = typer.Option(
             None, "--classify/--no-classify", help="Classify leukocytes when a classifier is registered (the default)."),
+        refine: Optional[bool] = typer.Option(
+            None, "--refine/--no-refine", help="Refine WBC and platelet masks with SAM, as analyze does (the default)."),
         fmt: List[str] = typer.Option([], "--format", help="Extra exports per field: coco, geojson (repeatable)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (e.g. auto or ray://HEAD:10001); default: start a local Ray."),
         progress: Optional[bool] = typer.Option(
@@ -66,7 +68,7 @@ def register(app: typer.Typer) -> None:
         if conf is not None:
             det_opts["conf"] = conf
         res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
-                        device=device, classify=classify, formats=tuple(fmt) or None, ray_address=ray_address,
+                        device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
                         detector_options=det_opts, progress=progress, log=lambda m: typer.echo(m, err=True))
         typer.echo(
             f"batch: {res['slides']} slide(s) ({res['slides_done']} done, {res['slides_failed']} failed, "

@@ -84,7 +84,7 @@ def _py() -> list[str]:
 
 def _batch_cmd(inputs, out, detector, *extra) -> list[str]:
     return [*_py(), "-m", "bccdet.cli_batch", "batch", *map(str, inputs), "--out", str(out), "--detector", detector,
-            "--no-classify", "--no-progress", *extra]
+            "--no-refine", "--no-classify", "--no-progress", *extra]
 
 
 def _complete_fields(out: Path) -> int:
