@@ -419,6 +419,14 @@ def resolve_overlaps(boxes: np.ndarray, masks: list, offsets: np.ndarray, shape:
     return out
 
 
+def _object_array(items) -> np.ndarray:
+    """A 1-D object array of per-cell masks (np.array would stack same-shaped masks into one 3-D array)."""
+    out = np.empty(len(items), dtype=object)
+    for i, m in enumerate(items):
+        out[i] = m
+    return out
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = np.logical_and(a, b).sum()
     union = np.logical_or(a, b).sum()
@@ -491,7 +499,7 @@ class SamRefiner:
                 self.stats["refined"] += 1
             else:
                 self.stats["kept_detector"] += 1
-        out.masks = np.array(new_masks + [None], dtype=object)[:-1]
+        out.masks = _object_array(new_masks)
         out.mask_offset, out.mask_source = new_offs, new_src
         return out
 
@@ -539,7 +547,7 @@ def box_to_mask_cells(model: SamModel, image: np.ndarray, cells: Cells, mode: st
         else:
             src.append("sam")
     out = cells[np.arange(len(cells))]
-    out.masks = np.array(list(masks) + [None], dtype=object)[:-1]
+    out.masks = _object_array(masks)
     out.mask_offset = np.asarray(offs, np.int32).reshape(-1, 2)
     out.mask_source = np.array(src, dtype=object)
     return out
