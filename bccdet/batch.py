@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .io import IMAGE_SUFFIXES, InputError, atomic_dir, image_size, sha256_file, write_bytes_atomic, write_text_atomic
+from .io import IMAGE_SUFFIXES, InputError, array_to_rgb8, atomic_dir, image_size, sha256_file, write_bytes_atomic, write_text_atomic
 
 FORMAT = "bccdet-batch/1"
 MANIFEST = "manifest.json"
@@ -535,7 +535,7 @@ class Worker:
             width = slide.dimensions[0]
             for x0, x1, cx0, cx1 in tile_spans(width, self.cfg["tile"], self.cfg["overlap"]):
                 arr = slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0), as_array=True, padding=False)
-                arr = _rgb8(np.asarray(arr))
+                arr = array_to_rgb8(arr)
                 cells = pipe.run(arr, t["path"])
                 if not len(cells):
                     continue
@@ -602,20 +602,6 @@ class Worker:
 def _strip_path(msg: str, path: str) -> str:
     pre = f"{path}: "
     return msg[len(pre):] if msg.startswith(pre) else msg
-
-
-def _rgb8(a):
-    import numpy as np
-
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.dtype != np.uint8:
-        a = np.clip(a.astype(np.float64) / (np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 1.0) * 255 + 0.5,
-                    0, 255).astype(np.uint8)
-    if a.shape[2] == 4:
-        alpha = a[..., 3:4].astype(np.float64) / 255.0
-        a = (a[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(a[..., :3])
 
 
 def _materialize(model: dict) -> str:
@@ -1623,6 +1609,34 @@ def _isna(v) -> bool:
 
 
 # ============================================================================ API
+def complete_field_dirs(out: Path) -> list[Path]:
+    """The per-field output folders of a batch in OUT that hold their report.json (written last)."""
+    out = Path(out)
+    if not out.exists():
+        return []
+    return [f for s in out.iterdir() if s.is_dir() and not s.name.startswith(".")
+            for f in s.iterdir() if f.is_dir() and not f.name.startswith(".") and (f / "report.json").exists()]
+
+
+def output_snapshot(out: Path) -> dict:
+    """Every output file's bytes plus the manifest without timings: two runs with equal snapshots
+    produced the same outputs (used by the kill/resume test and bench/batch.py)."""
+    out = Path(out)
+    snap = {}
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_dir() or rel.startswith(".state/") or rel in (".lock", "manifest.json"):
+            continue
+        snap[rel] = p.read_bytes()
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("updated")
+    for s in m["slides"]:
+        for f in s["fields"]:
+            f.pop("ms", None)
+    snap["manifest.json"] = m
+    return snap
+
+
 def run_batch(inputs: list[str | Path], out: str | Path, **kw) -> dict:
     """Run (or with ``resume=True`` continue) a batch; see ``Batch`` for the options. Returns the totals."""
     return Batch(Path(out), [str(i) for i in inputs], **kw).run()

@@ -148,6 +148,25 @@ def _read_tiff(p: Path, max_pixels: int) -> np.ndarray | None:
     return np.ascontiguousarray(a[..., :3])
 
 
+def array_to_rgb8(a) -> np.ndarray:
+    """An image array (gray, (h, w, 1), RGB, RGBA, 16-bit, float in 0..1) -> contiguous RGB uint8;
+    alpha is composited on white, as :func:`read_image` does."""
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"expected an (h, w[, c]) image, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        a = np.clip(a.astype(np.float64) / (np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 1.0) * 255 + 0.5,
+                    0, 255).astype(np.uint8)
+    if a.shape[2] in (2, 4):
+        alpha = a[..., -1:].astype(np.float64) / 255.0
+        a = (a[..., :-1] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a[..., :3])
+
+
 def _to_rgb8(im) -> np.ndarray:
     from PIL import Image
 

@@ -226,11 +226,7 @@ class Cells:
     @staticmethod
     def crop_mask(full: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, tuple[int, int]]:
         """Crop a full-image mask to the integer hull of ``box``; returns (crop, (x0, y0))."""
-        h, w = full.shape
-        x0 = max(0, min(w, int(math.floor(box[0]))))
-        y0 = max(0, min(h, int(math.floor(box[1]))))
-        x1 = max(x0, min(w, int(math.ceil(box[2]))))
-        y1 = max(y0, min(h, int(math.ceil(box[3]))))
+        x0, y0, x1, y1 = int_hull(box, full.shape[1], full.shape[0])
         return full[y0:y1, x0:x1].copy(), (x0, y0)
 
     @classmethod
@@ -420,6 +416,13 @@ _KIND_ALIASES = {
     "leucocyte": "wbc", "platelet": "platelet", "platelets": "platelet", "plt": "platelet",
     "thrombocyte": "platelet", "thrombocytes": "platelet",
 }
+
+
+def int_hull(box: Sequence[float], w: int, h: int) -> tuple[int, int, int, int]:
+    """The integer pixel hull (x0, y0, x1, y1) of a float box, clipped to a w x h image."""
+    x0 = max(0, min(w, int(math.floor(box[0]))))
+    y0 = max(0, min(h, int(math.floor(box[1]))))
+    return x0, y0, max(x0, min(w, int(math.ceil(box[2])))), max(y0, min(h, int(math.ceil(box[3]))))
 
 
 def normalize_kind(name: str) -> str:

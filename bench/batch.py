@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bccdet.batch import complete_field_dirs, output_snapshot  # noqa: E402  (light: no ML imports)
+
 
 def _fields(n: int) -> list[Path]:
     from bccdet.data import dataset
@@ -87,29 +89,6 @@ def _batch_cmd(inputs, out, detector, *extra) -> list[str]:
             "--no-refine", "--no-classify", "--no-progress", *extra]
 
 
-def _complete_fields(out: Path) -> int:
-    if not out.exists():
-        return 0
-    return sum(1 for s in out.iterdir() if s.is_dir() and not s.name.startswith(".")
-               for f in s.iterdir() if f.is_dir() and not f.name.startswith(".") and (f / "report.json").exists())
-
-
-def _snapshot(out: Path) -> dict:
-    snap = {}
-    for p in sorted(out.rglob("*")):
-        rel = p.relative_to(out).as_posix()
-        if p.is_dir() or rel.startswith(".state/") or rel in (".lock", "manifest.json"):
-            continue
-        snap[rel] = p.read_bytes()
-    m = json.loads((out / "manifest.json").read_text())
-    m.pop("updated")
-    for s in m["slides"]:
-        for f in s["fields"]:
-            f.pop("ms", None)
-    snap["manifest.json"] = m
-    return snap
-
-
 def kill_test(n: int, kills: int, size: int, detector: str, tmp: Path, seed: int = 0) -> dict:
     slides = _slides(n, size, tmp / "kill-in")
     ref = _measure(_batch_cmd(slides, tmp / "kill-ref", detector))
@@ -120,21 +99,21 @@ def kill_test(n: int, kills: int, size: int, detector: str, tmp: Path, seed: int
     out = tmp / "kill-out"
     done_at_kill = []
     for k in range(kills):
-        before = _complete_fields(out)
+        before = len(complete_field_dirs(out))
         proc = subprocess.Popen(_batch_cmd(slides, out, detector, *(["--resume"] if k else [])), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if k == 0:
             time.sleep(rnd.uniform(0.5, 4.0))  # during start-up, planning or the first field
         else:  # once this run has made progress, somewhere in the next two fields
-            while proc.poll() is None and _complete_fields(out) <= before:
+            while proc.poll() is None and len(complete_field_dirs(out)) <= before:
                 time.sleep(0.02)
             time.sleep(rnd.uniform(0.0, 2.0 * per_field))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        done_at_kill.append(_complete_fields(out))
+        done_at_kill.append(len(complete_field_dirs(out)))
     fin = subprocess.run(_batch_cmd(slides, out, detector, "--resume"), cwd=REPO, capture_output=True, text=True)
-    same = fin.returncode == 0 and _snapshot(out) == _snapshot(tmp / "kill-ref")
+    same = fin.returncode == 0 and output_snapshot(out) == output_snapshot(tmp / "kill-ref")
     return {"fields": n, "kills": kills, "fields_done_at_each_kill": done_at_kill, "final_rc": fin.returncode,
             "equal_to_uninterrupted": same}
 

@@ -58,28 +58,6 @@ def _invoke(*args):
     return r
 
 
-def _complete_field_dirs(out: Path) -> list[Path]:
-    return [f for s in out.iterdir() if s.is_dir() and not s.name.startswith(".")
-            for f in s.iterdir() if f.is_dir() and not f.name.startswith(".") and (f / "report.json").exists()]
-
-
-def _snapshot(out: Path) -> dict:
-    """Every output file's bytes, the manifest without timings, for comparing two runs."""
-    snap = {}
-    for p in sorted(out.rglob("*")):
-        rel = p.relative_to(out).as_posix()
-        if p.is_dir() or rel.startswith(".state/") or rel in (".lock", "manifest.json"):
-            continue
-        snap[rel] = p.read_bytes()
-    m = json.loads((out / "manifest.json").read_text())
-    m.pop("updated")
-    for s in m["slides"]:
-        for f in s["fields"]:
-            f.pop("ms", None)
-    snap["manifest.json"] = m
-    return snap
-
-
 def _assert_same(a: dict, b: dict) -> None:
     assert sorted(a) == sorted(b)
     for k in a:
@@ -208,11 +186,11 @@ def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path)
     html = (out / "summary.html").read_text()
     assert "data:image/png;base64," in html and "Flag counts" in html and "http" not in html
     # resume: nothing done is redone (only the failed truncated field is retried), same exit status
-    before = {p: p.stat().st_mtime_ns for p in _complete_field_dirs(out)}
+    before = {p: p.stat().st_mtime_ns for p in B.complete_field_dirs(out)}
     r = _invoke("--out", out, "--resume")
     assert r.exit_code == 1, r.output
     assert "1 unit(s) to run" in r.stderr
-    assert {p: p.stat().st_mtime_ns for p in _complete_field_dirs(out)} == before
+    assert {p: p.stat().st_mtime_ns for p in B.complete_field_dirs(out)} == before
     # the same OUT without --resume: refused
     r = _invoke(inp / "A", "--out", out, "--detector", tiny_detector)
     assert r.exit_code == 2 and "--resume" in r.stderr
@@ -242,7 +220,7 @@ def test_kill9_then_resume_equals_uninterrupted(bccd, tiny_detector, tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if out.exists() and len(_complete_field_dirs(out)) >= threshold:
+            if out.exists() and len(B.complete_field_dirs(out)) >= threshold:
                 time.sleep(rnd.uniform(0.0, 0.4))  # somewhere in the next field
                 break
             time.sleep(0.02)
@@ -251,7 +229,7 @@ def test_kill9_then_resume_equals_uninterrupted(bccd, tiny_detector, tmp_path):
             kills += 1
         proc.wait()
         # whatever the moment: every visible output is complete, the manifest parses
-        for d in _complete_field_dirs(out):
+        for d in B.complete_field_dirs(out):
             assert sorted(p.name for p in d.iterdir()) == ["cells.csv", "overlay.png", "report.html", "report.json"]
             json.loads((d / "report.json").read_text())
         if (out / "manifest.json").exists():
@@ -260,7 +238,7 @@ def test_kill9_then_resume_equals_uninterrupted(bccd, tiny_detector, tmp_path):
     fin = subprocess.run(cmd(out, "--resume"), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert fin.returncode == 0, fin.stderr[-2000:]
     assert not [p for p in out.rglob(".*") if ".partial-" in p.name or ".old-" in p.name or p.name.endswith(".tmp")]
-    _assert_same(_snapshot(tmp_path / "ref"), _snapshot(out))
+    _assert_same(B.output_snapshot(tmp_path / "ref"), B.output_snapshot(out))
 
 
 # ---------------------------------------------------------------------- whole-slide scans
@@ -408,4 +386,4 @@ def test_ray_backend_same_outputs_as_local(bccd, tiny_detector, tmp_path):
     finally:
         ray.shutdown()
     assert not res["failed"] and res["fields_done"] == 4
-    _assert_same(_snapshot(tmp_path / "local"), _snapshot(tmp_path / "ray"))
+    _assert_same(B.output_snapshot(tmp_path / "local"), B.output_snapshot(tmp_path / "ray"))

@@ -76,3 +76,17 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     write_text_atomic(tmp_path / "x" / "r.json", "{}")
     assert (tmp_path / "x" / "r.json").read_text() == "{}"
     assert not [p for p in os.listdir(tmp_path / "x") if p.endswith(".tmp")]
+
+
+def test_array_to_rgb8_modes():
+    from bccdet.io import array_to_rgb8
+
+    g = np.full((4, 5), 128, np.uint8)
+    assert array_to_rgb8(g).shape == (4, 5, 3) and (array_to_rgb8(g) == 128).all()
+    assert array_to_rgb8(g[..., None]).shape == (4, 5, 3)
+    assert (array_to_rgb8(np.full((4, 5, 3), 65535, np.uint16)) == 255).all()
+    assert (array_to_rgb8(np.full((4, 5, 3), 0.5, np.float32)) == 128).all()
+    rgba = np.zeros((4, 5, 4), np.uint8)  # fully transparent black -> white, as read_image composites
+    assert (array_to_rgb8(rgba) == 255).all()
+    with pytest.raises(ValueError):
+        array_to_rgb8(np.zeros((0, 5, 3), np.uint8))

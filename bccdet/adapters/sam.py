@@ -35,8 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io import InputError
-from ..types import Cells
+from ..io import InputError, array_to_rgb8
+from ..types import Cells, int_hull
 
 # Meta's official checkpoints carry the first 6 hex digits of their md5 in the file name.
 OFFICIAL_SAM = {
@@ -238,7 +238,7 @@ class SamModel:
         import torch
         import torch.nn.functional as F
 
-        image = to_rgb8(image)
+        image = array_to_rgb8(image)
         H, W = image.shape[:2]
         boxes = clip_boxes(boxes, W, H)
         if not len(boxes):
@@ -256,7 +256,7 @@ class SamModel:
                 logits, iou = self._decode(emb, prompts * s, size)
                 logits = F.interpolate(logits[:, None, :nh, :nw], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
                 for j, box in enumerate(bb):
-                    x0, y0, x1, y1 = _int_box(_grow(box, pad), W, H)
+                    x0, y0, x1, y1 = int_hull(_grow(box, pad), W, H)
                     m = (logits[j, y0:y1, x0:x1] > 0).cpu().numpy()
                     masks.append(m)
                     offs.append((x0, y0))
@@ -277,7 +277,7 @@ class SamModel:
         import torch
         import torch.nn.functional as F
 
-        image = to_rgb8(image)
+        image = array_to_rgb8(image)
         H, W = image.shape[:2]
         boxes = clip_boxes(boxes, W, H)
         masks, offs, ious = [], [], []
@@ -298,7 +298,7 @@ class SamModel:
                     logits, iou = self._decode(emb[j:j + 1], local[None], window_size)
                     lg = F.interpolate(logits[None, :, :nh, :nw], size=(wy1 - wy0, wx1 - wx0), mode="bilinear",
                                        align_corners=False)[0, 0]
-                    x0, y0, x1, y1 = _int_box(_grow(box, pad), W, H)
+                    x0, y0, x1, y1 = int_hull(_grow(box, pad), W, H)
                     x0, y0, x1, y1 = max(x0, wx0), max(y0, wy0), min(x1, wx1), min(y1, wy1)
                     masks.append((lg[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] > 0).cpu().numpy())
                     offs.append((x0, y0))
@@ -312,34 +312,11 @@ class SamModel:
 
 
 # ---------------------------------------------------------------------- geometry helpers
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """Any image array (gray, RGBA, 16-bit, float) -> contiguous RGB uint8."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"expected an (h, w[, c]) image, got shape {a.shape}")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    a = a[..., :3]
-    if a.dtype == np.uint16:
-        a = (a >> 8).astype(np.uint8)
-    elif a.dtype != np.uint8:
-        a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(a)
-
-
 def clip_boxes(boxes, W: int, H: int) -> np.ndarray:
     b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
     b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, W)
     b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, H)
     return b
-
-
-def _int_box(box, W: int, H: int) -> tuple[int, int, int, int]:
-    x0 = max(0, min(W, int(math.floor(box[0]))))
-    y0 = max(0, min(H, int(math.floor(box[1]))))
-    return x0, y0, max(x0, min(W, int(math.ceil(box[2])))), max(y0, min(H, int(math.ceil(box[3]))))
 
 
 def _inside_box(mask: np.ndarray, offset, box) -> int:
