@@ -73,7 +73,7 @@ def analyze(
     classify: bool = typer.Option(True, "--classify/--no-classify", help="Classify leukocytes."),
     fmt: List[str] = typer.Option([], "--format", help="Extra exports: coco, geojson (repeatable)."),
     classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
-    sam: Optional[str] = typer.Option(None, help="SAM checkpoint (.pth: a LiteMedSAM fine-tune or Meta's vit_b/l/h); default: LiteMedSAM."),
+    sam: Optional[str] = typer.Option(None, help="SAM model: a registered name (default: the registry's sam default, else LiteMedSAM), 'litemedsam' for LiteMedSAM as shipped, or a checkpoint file (our decoder fine-tune .pt, Meta's vit_b/l/h .pth)."),
 ):
     """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
     from .io import atomic_dir, read_image
@@ -100,7 +100,10 @@ def analyze(
     if refine:
         from .adapters.sam import SamRefiner
 
-        pipe.refiner = SamRefiner(sam, device=device)
+        sam_ck = sam
+        if sam and sam != "litemedsam" and not Path(sam).is_file():
+            sam_ck, _, _ = resolve(sam, "sam")
+        pipe.refiner = SamRefiner(sam_ck, device=device)
     if classify:
         try:
             cw, cname, csha = resolve(classifier, "classifier")
@@ -373,6 +376,7 @@ def train_classifier(
     samples_per_epoch: Optional[int] = typer.Option(None, help="Balanced draws per epoch (default: the train size)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     device: str = typer.Option("cpu"),
+    init: Optional[str] = typer.Option(None, help="Start from this classifier (registered name or .pt) instead of ImageNet."),
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
     for d in data:
@@ -380,9 +384,14 @@ def train_classifier(
             raise InputError(f"{d}: not a converted classify folder (no train/)")
     from .adapters.classifier import train
 
+    init_path = None
+    if init:
+        from .weights import resolve
+
+        init_path, _, _ = resolve(init, "classifier")
     best = train([str(d) for d in data], out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr, seed=seed,
                  freeze_epochs=freeze_epochs, samples_per_epoch=samples_per_epoch, threads=threads, device=device,
-                 log=typer.echo)
+                 init=init_path, log=typer.echo)
     typer.echo(f"classifier: {best}")
 
 

