@@ -22,26 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def gt_masks(root: Path, limit: int | None):
-    from PIL import Image
+    from bccdet.adapters.sam_tune import wbc_seg_items
 
-    from bccdet.adapters.sam import largest_component
-
-    items = []
-    for p in sorted((root / "images").glob("*.png"))[:limit]:
-        img = np.asarray(Image.open(p).convert("RGB"))
-        m = np.asarray(Image.open(root / "masks" / p.name).convert("L"))
-        cell = largest_component(m >= 64)  # cytoplasm (128) + nucleus (255); stray low greys ignored
-        ys, xs = np.nonzero(cell)
-        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-        items.append((p.name, img, cell, box))
-    return items
+    return wbc_seg_items(root, limit)
 
 
 def jitter(box, rng, frac=0.10):
-    w, h = box[2] - box[0], box[3] - box[1]
-    d = rng.uniform(-frac, frac, 4) * np.array([w, h, w, h])
-    b = box + d
-    return np.array([min(b[0], b[2] - 2), min(b[1], b[3] - 2), b[2], b[3]], np.float32)
+    from bccdet.adapters.sam_tune import jitter_box
+
+    return jitter_box(box, rng, frac)
 
 
 def score(pred_crop, off, gt):
@@ -87,28 +76,32 @@ def detector_vs_refined(items, detector: str | None):
     """(c): the detector's WBC mask and the refined one, each against the true whole-cell mask."""
     from bccdet.adapters.sam import SamRefiner
     from bccdet.adapters.yolo import YoloDetector
-    from bccdet.types import SmearMeta
     from bccdet.weights import resolve
 
     w, name, sha = resolve(detector, "detector")
-    det = YoloDetector(w, name=name, sha256=sha)
-    ref = SamRefiner(kinds=("wbc",))
-    d_iou, r_iou, n_sam, missed = [], [], 0, 0
-    for _, img, gt, box in items:
-        h, w_ = gt.shape
-        cells = det(img, SmearMeta(width=w_, height=h))
+    res = refine_detected(items, range(len(items)), YoloDetector(w, name=name, sha256=sha), SamRefiner(kinds=("wbc",)))
+    d = np.array([v[0] for v in res.values()])
+    r = np.array([v[1] for v in res.values()])
+    return name, d, r, sum(v[2] == "sam" for v in res.values()), len(items) - len(res)
+
+
+def refine_detected(items, idx, det, ref) -> dict:
+    """{item: (IoU of the detector's mask, IoU of the refined mask, mask_source)} for the WBC detection
+    that best matches the true box (items without a WBC detection are left out)."""
+    from bccdet.types import SmearMeta
+
+    out = {}
+    for i in idx:
+        _, img, gt, box = items[i]
+        h, w = gt.shape
+        cells = det(img, SmearMeta(width=w, height=h))
         wbc = np.flatnonzero(cells.kind == "wbc")
         if not len(wbc):
-            missed += 1
             continue
-        ious = [_box_iou(cells.xyxy[i], box) for i in wbc]
-        i = wbc[int(np.argmax(ious))]
-        one = cells[[i]]
-        refined = ref(img, one)
-        d_iou.append(_mask_iou(one.full_mask(0, (h, w_)), gt))
-        r_iou.append(_mask_iou(refined.full_mask(0, (h, w_)), gt))
-        n_sam += refined.mask_source[0] == "sam"
-    return name, np.array(d_iou), np.array(r_iou), n_sam, missed
+        one = cells[[wbc[int(np.argmax([_box_iou(cells.xyxy[k], box) for k in wbc]))]]]
+        r = ref(img, one)
+        out[int(i)] = (_mask_iou(one.full_mask(0, (h, w)), gt), _mask_iou(r.full_mask(0, (h, w)), gt), str(r.mask_source[0]))
+    return out
 
 
 def _box_iou(a, b):
@@ -120,7 +113,7 @@ def _box_iou(a, b):
 
 def _mask_iou(a, b):
     u = (a | b).sum()
-    return (a & b).sum() / u if u else 0.0
+    return float((a & b).sum() / u) if u else 0.0
 
 
 def timing(model, threads_note):

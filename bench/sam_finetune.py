@@ -27,19 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MODES = ("field", "window")
 
 
-def score(pred_crop, off, gt):
-    full = np.zeros_like(gt)
-    x0, y0 = off
-    h, w = pred_crop.shape
-    full[y0:y0 + h, x0:x0 + w] = pred_crop
-    inter = (full & gt).sum()
-    union = (full | gt).sum()
-    return float(inter / union), float(2 * inter / (full.sum() + gt.sum()))
-
-
 def evaluate(model, items, jboxes, idx):
     """{item index: {mode: {"a": (iou, dice), "b": (iou, dice)}}} through the real inference paths."""
     from bccdet.adapters.sam import largest_component
+    from sam import score  # bench/sam.py
 
     out = {}
     for i in idx:
@@ -54,6 +45,24 @@ def evaluate(model, items, jboxes, idx):
             r[mode] = {k: score(largest_component(masks[j]), offs[j], gt) for j, k in enumerate("ab")}
         out[int(i)] = r
     return out
+
+
+def detector_vs_refined(model, items, idx, det):
+    """(c) with the SamRefiner stage running on ``model`` (the decoder being cross-validated)."""
+    from bccdet.adapters.sam import SamRefiner
+    from sam import refine_detected  # bench/sam.py
+
+    ref = SamRefiner("litemedsam", kinds=("wbc",))
+    ref.model = model
+    return refine_detected(items, idx, det, ref)
+
+
+def table_c(name, res):
+    d = np.array([v[0] for v in res.values()])
+    r = np.array([v[1] for v in res.values()])
+    n_sam = sum(v[2] == "sam" for v in res.values())
+    return (f"{name:<22}WBC found {len(d)}; IoU detector {d.mean():.3f} -> refined {r.mean():.3f}; SAM mask kept "
+            f"{n_sam}; refined worse by > 0.01 in {int(np.sum(r < d - 0.01))}")
 
 
 def table(name, res):
@@ -92,6 +101,11 @@ def main():
     rng = np.random.default_rng(0)  # bench/sam.py's jitter: same seed, same order
     jboxes = [T.jitter_box(it[3], rng) for it in items]
     model = SamModel()
+    from bccdet.adapters.yolo import YoloDetector
+    from bccdet.weights import resolve
+
+    dw, dname, dsha = resolve(None, "detector")
+    det = YoloDetector(dw, name=dname, sha256=dsha)
     rec = dict(T.RECIPE)
     if a.steps:
         rec["steps"] = a.steps
@@ -107,7 +121,8 @@ def main():
     cv_path = work / "cv.json"
     cv = json.loads(cv_path.read_text()) if cv_path.exists() else {}
     if cv.get("recipe") != rec or cv.get("n") != len(items) or cv.get("folds") != a.folds:
-        cv = {"recipe": rec, "n": len(items), "folds": a.folds, "done": {}, "results": {}, "baseline": {}}
+        cv = {"recipe": rec, "n": len(items), "folds": a.folds, "done": {}, "results": {}, "baseline": {},
+              "c": {}, "c_baseline": {}}
     for f in range(a.folds):
         if str(f) in cv["done"]:
             continue
@@ -117,12 +132,14 @@ def main():
         hist = T.finetune(model, [T.subset(s, train) for s in sets], steps=rec["steps"], recipe=rec,
                           log=lambda m, f=f: print(f"fold {f}: {m}", flush=True))
         cv["results"].update({str(k): v for k, v in evaluate(model, items, jboxes, test).items()})
+        cv["c"].update({str(k): v for k, v in detector_vs_refined(model, items, test, det).items()})
         cv["done"][str(f)] = hist[-1]
         cv_path.write_text(json.dumps(cv))
         print(f"fold {f} done", flush=True)
     if a.baseline and len(cv["baseline"]) < len(items):
         T.reset_decoder(model)
         cv["baseline"] = {str(k): v for k, v in evaluate(model, items, jboxes, range(len(items))).items()}
+        cv["c_baseline"] = {str(k): v for k, v in detector_vs_refined(model, items, range(len(items)), det).items()}
         cv_path.write_text(json.dumps(cv))
     print(describe())
     print(f"wbc-seg {len(items)} images, whole-cell masks; (a) true box, (b) jittered box (+-10% per side); "
@@ -132,6 +149,11 @@ def main():
         print("\n".join(table("LiteMedSAM (shipped)", cv["baseline"])))
     if len(cv["done"]) == a.folds:
         print("\n".join(table(f"fine-tuned, {a.folds}-fold CV", cv["results"])))
+    print(f"\n(c) shipped detector {dname} on the same images, its WBC mask refined in window mode by:")
+    if cv["c_baseline"]:
+        print(table_c("LiteMedSAM (shipped)", cv["c_baseline"]))
+    if len(cv["done"]) == a.folds:
+        print(table_c(f"fine-tuned, {a.folds}-fold CV", cv["c"]))
     if a.final:
         T.reset_decoder(model)
         hist = T.finetune(model, sets, steps=rec["steps"], recipe=rec, log=lambda m: print(f"final: {m}", flush=True))

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from bccdet import batch as B
+from bccdet.weights import default_name
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.data
@@ -169,7 +170,7 @@ def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path)
         assert sorted(p.name for p in d.iterdir()) == ["cells.csv", "overlay.png", "report.html", "report.json"]
         rep = json.loads((d / "report.json").read_text())
         assert "timings_ms" not in rep
-        assert rep["models"]["refiner"]["name"].startswith("litemedsam")  # SAM refinement on, as in analyze
+        assert rep["models"]["refiner"]["name"] == default_name("sam") + "@128"  # SAM refinement on, as in analyze
         assert {c["mask_source"] for c in rep["cells"]} <= {"yolo", "sam"}
         tot = {k: tot[k] + rep["summary"]["counts"][k] for k in tot}
     assert slide["summary"]["counts"] == tot and tot["wbc"] > 0

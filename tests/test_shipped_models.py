@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bccdet.weights import default_name, resolve
+from bccdet.weights import default_name, registry, resolve
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -75,7 +75,8 @@ def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "out" / "BloodImage_00007" / "report.json").read_text())
     assert rep["models"]["detector"]["name"] == default_name("detector")
-    assert rep["models"]["refiner"]["name"].startswith("litemedsam")
+    assert rep["models"]["refiner"]["name"] == default_name("sam") + "@128"  # our fine-tuned decoder, 128 px windows
+    assert rep["models"]["refiner"]["sha256"] == registry()[default_name("sam")].sha256
     assert rep["models"]["classifier"]["name"] == default_name("classifier")
     wbc = [c for c in rep["cells"] if c["kind"] == "wbc"]
     assert len(wbc) == 1 and wbc[0]["label"] in ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte",
