@@ -176,6 +176,25 @@ def test_train_resumes_from_last_checkpoint(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_init_starts_from_a_bccdet_checkpoint(trained, tmp_path):
+    """--init: the network starts from the given classifier (learning rate 0 keeps it unchanged), and the
+    init's sha256 is part of the recipe and of the run identity."""
+    from bccdet.io import sha256_file
+
+    ck = C.train(trained["data"], tmp_path / "run", epochs=1, imgsz=32, batch=8, lr=0.0, seed=1, freeze_epochs=0,
+                 init=trained["ck"], log=lambda s: None)
+    a = torch.load(trained["ck"], map_location="cpu", weights_only=True)["state_dict"]
+    d = torch.load(ck, map_location="cpu", weights_only=True)
+    conv = [k for k, v in a.items() if v.is_floating_point() and v.dim() == 4]
+    assert conv and all(torch.equal(a[k], d["state_dict"][k]) for k in conv)
+    assert d["recipe"]["init"]["sha256"] == sha256_file(trained["ck"])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(C.ClassifierError, match="not a readable classifier checkpoint"):
+        C.train(trained["data"], tmp_path / "run2", epochs=1, imgsz=32, batch=8, init=bad, log=lambda s: None)
+
+
+@pytest.mark.slow
 def test_evaluate_metrics_in_unit_range(trained, tmp_path):
     res = C.evaluate(trained["ck"], trained["data"][0], split="test", out_dir=tmp_path)
     assert res["n"] == 9
