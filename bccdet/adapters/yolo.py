@@ -88,9 +88,11 @@ def train(data: Path, model: str = "yolov8n-seg.yaml", init: str | None = "tau-f
         m.train(resume=True)
     else:
         m = build_model(model, init)
-        m.train(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name,
-                device=device, workers=workers, fraction=fraction, exist_ok=True, plots=False, save_period=-1,
-                amp=False, val=True, verbose=False, **extra)
+        args = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name,
+                    device=device, workers=workers, fraction=fraction, exist_ok=True, plots=False, save_period=-1,
+                    amp=False, val=True, verbose=False)
+        args.update(extra)  # --arg KEY=VALUE overrides these defaults (e.g. val=False, plots=True)
+        m.train(**args)
     best = project / name / "weights" / "best.pt"
     return best if best.exists() else project / name / "weights" / "last.pt"
 
