@@ -462,10 +462,12 @@ class Worker:
                                device=c["device"], tile=c["tile"], overlap=c["overlap"], **c.get("detector_options", {}))
             clf = self._classifier() if c.get("classifier") else None
             ref = None
-            if c.get("refine"):
-                from .adapters.sam import SamRefiner
+            if c.get("refiner"):
+                from .adapters.sam import LITEMEDSAM, SamRefiner
 
-                ref = SamRefiner(device=c["device"])
+                r = c["refiner"]
+                ref = (SamRefiner(_materialize(r), sha256=r["sha256"], device=c["device"]) if r.get("path")
+                       else SamRefiner(LITEMEDSAM, device=c["device"]))
             self.pipe = Pipeline(detector=det, refiner=ref, classifier=clf)
         return self.pipe
 
@@ -756,8 +758,8 @@ class RayExecutor:
         n = workers or max(1, int(res.get("GPU", 1)) if gpus else int(res.get("CPU", 1) // cpus_per_worker))
         cfg = dict(cfg)
         cfg["torch_threads"] = max(1, int(cpus_per_worker))
-        for key in ("detector", "classifier"):  # ship the weights: nodes need not share a file system
-            if cfg.get(key):
+        for key in ("detector", "classifier", "refiner"):  # ship the weights: nodes need not share a file system
+            if cfg.get(key) and cfg[key].get("path"):  # (a refiner without a path is LiteMedSAM from its package)
                 cfg[key] = dict(cfg[key], bytes=Path(cfg[key]["path"]).read_bytes())
         self.cfg_ref = ray.put(cfg)
         self.Actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus)(_RayActor)
@@ -913,16 +915,17 @@ class Batch:
                 notes.append(f"WBC classification: detect-only, labels are null ({self.no_classifier})")
         else:
             notes.append("WBC classification off (--no-classify): detect-only, labels are null")
-        refiner = None
+        ref = None
         if self.refine:
-            from .adapters.sam import litemedsam_checkpoint
+            from .adapters.sam import default_refiner
 
-            refiner = {"name": "litemedsam@128", "sha256": litemedsam_checkpoint()[1]}
+            ref = default_refiner()
         else:
             notes.append("SAM refinement off (--no-refine): masks are the detector's")
-        models = {"detector": {"name": name, "sha256": sha}, "refiner": refiner,
+        models = {"detector": {"name": name, "sha256": sha},
+                  "refiner": None if ref is None else {"name": ref["name"], "sha256": ref["sha256"]},
                   "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]}}
-        cfg = {"detector": det, "classifier": clf, "refine": bool(self.refine), "device": self.device, "tile": 640, "overlap": 192,
+        cfg = {"detector": det, "classifier": clf, "refiner": ref, "device": self.device, "tile": 640, "overlap": 192,
                "detector_options": self.detector_options, "formats": list(self.formats)}
         return models, cfg, notes
 

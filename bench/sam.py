@@ -21,18 +21,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def gt_masks(root: Path, limit: int | None):
-    from bccdet.adapters.sam_tune import wbc_seg_items
-
-    return wbc_seg_items(root, limit)
-
-
-def jitter(box, rng, frac=0.10):
-    from bccdet.adapters.sam_tune import jitter_box
-
-    return jitter_box(box, rng, frac)
-
-
 def score(pred_crop, off, gt):
     full = np.zeros_like(gt)
     x0, y0 = off
@@ -45,24 +33,23 @@ def score(pred_crop, off, gt):
 
 def run_mode(model, items, mode, rng_seed=0):
     from bccdet.adapters.sam import largest_component
+    from bccdet.adapters.sam_tune import jitter_box
 
     rng = np.random.default_rng(rng_seed)
     res = {"a": [], "b": []}
     t0 = time.perf_counter()
     for name, img, gt, box in items:
-        jb = jitter(box, rng)
+        jb = jitter_box(box, rng)
         kind, _, g = mode.partition("@")
         kw = {"prompt_grow": float(g)} if g else {}
         if kind.startswith("field"):
             masks, offs, _ = model.segment_field(img, np.stack([box, jb]), **kw)
-            pairs = [("a", masks[0], offs[0]), ("b", masks[1], offs[1])]
         else:
             size, _, ctx = kind[3:].partition("c")
             if ctx:
                 kw["context"] = float(ctx)
             masks, offs, _ = model.segment_windows(img, np.stack([box, jb]), window_size=int(size), batch=2, **kw)
-            pairs = [("a", masks[0], offs[0]), ("b", masks[1], offs[1])]
-        for k, m, o in pairs:
+        for k, m, o in (("a", masks[0], offs[0]), ("b", masks[1], offs[1])):
             res[k].append(score(largest_component(m), o, gt))
     dt = (time.perf_counter() - t0) / len(items)
     out = {}
@@ -154,6 +141,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     from bccdet.adapters.sam import SamModel
+    from bccdet.adapters.sam_tune import wbc_seg_items
     from bccdet.data import dataset
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -163,7 +151,7 @@ def main():
     if root is None:
         sys.exit("wbc-seg absent: set BCCDET_DATA or put the data sets in ../shared/datasets")
     model = SamModel()
-    items = gt_masks(root, a.limit)
+    items = wbc_seg_items(root, a.limit)
     print(describe())
     print(f"LiteMedSAM on wbc-seg ({len(items)} images, whole-cell masks), torch threads {torch.get_num_threads()}")
     print(f"{'mode':<10}{'IoU(a)':>8}{'Dice(a)':>9}{'min(a)':>8}{'IoU(b)':>8}{'Dice(b)':>9}{'min(b)':>8}{'ms/img':>9}")

@@ -171,6 +171,7 @@ def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path)
         rep = json.loads((d / "report.json").read_text())
         assert "timings_ms" not in rep
         assert rep["models"]["refiner"]["name"] == default_name("sam") + "@128"  # SAM refinement on, as in analyze
+        assert rep["models"]["refiner"] == man["models"]["refiner"]  # the manifest records the refiner that ran
         assert {c["mask_source"] for c in rep["cells"]} <= {"yolo", "sam"}
         tot = {k: tot[k] + rep["summary"]["counts"][k] for k in tot}
     assert slide["summary"]["counts"] == tot and tot["wbc"] > 0

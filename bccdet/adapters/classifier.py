@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io import IMAGE_SUFFIXES, InputError, read_image, write_bytes_atomic, write_text_atomic
+from ..io import IMAGE_SUFFIXES, InputError, read_image, sha256_file, write_bytes_atomic, write_text_atomic
 from ..types import Cells
 from ..vocab import ABNORMAL_LABELS, LABELS, normalize_label
 
@@ -621,8 +621,6 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
                mean=list(MEAN), std=list(STD))
     init_ck = None
     if init:
-        from ..io import sha256_file
-
         init_ck = load_checkpoint(init)
         if list(init_ck["labels"]) != list(LABELS):
             raise InputError(f"{init}: its labels {init_ck['labels']} are not the vocabulary's; cannot start from it")

@@ -45,6 +45,8 @@ OFFICIAL_SAM = {
     "vit_b": ("sam_vit_b_01ec64.pth", "01ec64", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),
 }
 LITEMEDSAM = "litemedsam"
+# our fine-tuned mask decoder for LiteMedSAM (bccdet.adapters.sam_tune)
+DECODER_FORMAT = "bccdet-sam-decoder/1"
 # Box prompts are grown by this fraction of the box side on each side (measured on wbc-seg, bench/sam.py):
 # from the true box and from boxes jittered by +-10% SAM does better with a slightly loose box.
 PROMPT_GROW = 0.05
@@ -87,7 +89,7 @@ def _read_decoder_checkpoint(path: Path) -> dict | None:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not ours; the loader below reports what it is
         return None
-    if isinstance(ck, dict) and ck.get("format") == "bccdet-sam-decoder/1":
+    if isinstance(ck, dict) and ck.get("format") == DECODER_FORMAT:
         return ck
     return None
 
@@ -457,14 +459,24 @@ class RefinePolicy:
     min_sam_score: float = 0.5
 
 
-def registered_default() -> tuple[Path | None, str | None]:
-    """(file, sha256) of the default ``sam`` model in weights/registry.json, or (None, None): LiteMedSAM."""
+def default_refiner(window_size: int = 128) -> dict:
+    """What ``SamRefiner()`` loads with no checkpoint, without loading it: the registry's default ``sam``
+    model (our fine-tuned decoder) if one is registered, else LiteMedSAM as shipped.
+
+    ``{"path": file or None (LiteMedSAM from its package), "name": as SamRefiner names it, "sha256"}``.
+    A registered file that is missing or altered is an error, not a fallback.
+    """
     from ..weights import default_name, resolve
 
     if default_name("sam") is None:
-        return None, None
-    p, _, sha = resolve(None, "sam")  # a registered file that is missing or altered is an error, not a fallback
-    return p, sha
+        return {"path": None, "name": refiner_name(LITEMEDSAM, window_size), "sha256": litemedsam_checkpoint()[1]}
+    p, _, sha = resolve(None, "sam")
+    # SamModel names a fine-tuned decoder by its file stem
+    return {"path": str(p), "name": refiner_name(p.stem, window_size), "sha256": sha}
+
+
+def refiner_name(model_name: str, window_size: int) -> str:
+    return model_name + (f"@{window_size}" if window_size != 256 else "")
 
 
 class SamRefiner:
@@ -476,13 +488,14 @@ class SamRefiner:
 
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
                  kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
-                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 4):
+                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 4,
+                 sha256: str | None = None):
         self.max_windows = int(max_windows)
-        sha = None
         if checkpoint is None and model_type is None:  # our registered default (a fine-tuned decoder), if any
-            checkpoint, sha = registered_default()
-        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads, sha256=sha)
-        self.name = self.model.name + (f"@{window_size}" if window_size != 256 else "")
+            d = default_refiner(window_size)
+            checkpoint, sha256 = (d["path"], d["sha256"]) if d["path"] else (LITEMEDSAM, None)
+        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads, sha256=sha256)
+        self.name = refiner_name(self.model.name, window_size)
         self.sha256 = self.model.sha256
         self.kinds = tuple(kinds)
         self.window_size, self.context, self.policy = int(window_size), float(context), policy

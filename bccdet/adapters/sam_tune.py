@@ -29,9 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..io import InputError
-from .sam import PROMPT_GROW, WINDOW_CONTEXT, _grow, _window, largest_component
+from .sam import DECODER_FORMAT, PROMPT_GROW, WINDOW_CONTEXT, _grow, _window, largest_component
 
-FORMAT = "bccdet-sam-decoder/1"
 RECIPE = {"steps": 400, "batch": 8, "lr": 1e-4, "weight_decay": 0.01, "jitter": 0.12, "exact_prob": 0.2,
           "field_variants": 2, "window_variants": 6, "window_size": 128, "context": WINDOW_CONTEXT,
           "prompt_grow": PROMPT_GROW, "iou_loss_weight": 1.0, "window_share": 0.5}
@@ -160,23 +159,6 @@ def subset(ex: dict, items: Sequence[int]) -> dict:
 
 
 # ---------------------------------------------------------------------- training
-def _decode_train(model, emb, prompts, size: int):
-    """Differentiable decode of one embedding (1, C, g, g) with prompts (n, 4) in input px -> logits, iou."""
-    import torch
-
-    pe = model.net.prompt_encoder
-    g = emb.shape[-1]
-    k = pe.input_image_size[0] / float(size)
-    sparse = pe._embed_boxes(torch.as_tensor(prompts * k, dtype=torch.float32).reshape(-1, 4))
-    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(prompts), -1, g, g)
-    low, iou = model.net.mask_decoder(image_embeddings=emb, image_pe=pe.pe_layer((g, g)).unsqueeze(0),
-                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                      multimask_output=False)
-    if low.shape[-1] != size:
-        low = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    return low[:, 0], iou[:, 0]
-
-
 def finetune(model, sets: Sequence[dict], steps: int = RECIPE["steps"], batch: int = RECIPE["batch"],
              lr: float = RECIPE["lr"], seed: int = 0, recipe: dict | None = None,
              log: Callable[[str], None] = print) -> list[dict]:
@@ -212,11 +194,11 @@ def finetune(model, sets: Sequence[dict], steps: int = RECIPE["steps"], batch: i
             box = ex["box"][i]
             pb = box if rng.random() < rec["exact_prob"] else jitter_box(box, rng, rng.uniform(0, rec["jitter"]))
             prompt = _grow(pb, rec["prompt_grow"])[None]
-            emb = torch.from_numpy(ex["emb"][i][None].astype(np.float32))
-            logits, iou_pred = _decode_train(model, emb, prompt, size)
+            emb = torch.from_numpy(ex["emb"][i][None].astype(np.float32)).to(model.device)
+            logits, iou_pred = model._decode(emb, prompt, size)  # the inference path, with gradients
             nh, nw = ex["valid"][i]
             lg = logits[0, :nh, :nw]
-            gt = torch.from_numpy(ex["gt"][i][:nh, :nw].astype(np.float32))
+            gt = torch.from_numpy(ex["gt"][i][:nh, :nw].astype(np.float32)).to(model.device)
             bce = F.binary_cross_entropy_with_logits(lg, gt)
             pr = torch.sigmoid(lg)
             dice = 1 - (2 * (pr * gt).sum() + 1) / (pr.sum() + gt.sum() + 1)
@@ -262,7 +244,7 @@ def save_decoder(model, path: str | Path, recipe: dict, data: dict, metrics: dic
     from .sam import litemedsam_checkpoint
 
     sd = {k: v.detach().half() for k, v in model.net.mask_decoder.state_dict().items()}
-    ck = {"format": FORMAT, "base": "litemedsam", "base_sha256": litemedsam_checkpoint()[1], "mask_decoder": sd,
+    ck = {"format": DECODER_FORMAT, "base": "litemedsam", "base_sha256": litemedsam_checkpoint()[1], "mask_decoder": sd,
           "recipe": recipe, "data": data, "metrics": metrics or {}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
