@@ -240,6 +240,24 @@ def convert_merge(
     _finish(report, out, samples, write_yolo_detection, task=task, masks=masks)
 
 
+@convert_app.command("fix")
+@friendly
+def convert_fix(
+    src: Path = typer.Argument(..., help="Converted YOLO detect/segment folder."),
+    corrections: Path = typer.Option(..., help="CSV of reviewed edits: split,image,action,kind,x1,y1,x2,y2,reason "
+                                                "(action add | relabel | delete; box in pixels)."),
+    out: Path = _OUT, task: str = typer.Option("segment", help="detect or segment (added boxes get ellipse masks)."),
+):
+    """Apply a reviewed corrections list (e.g. from `curate`'s suspects) to a converted set."""
+    from .convert.common import Report, write_yolo_detection
+    from .convert.corrections import apply_corrections, load_converted, read_corrections
+
+    rows = read_corrections(corrections)
+    report = Report(f"{src.name}-fixed")
+    samples = apply_corrections(load_converted(src, report), rows, report)
+    _finish(report, out, samples, write_yolo_detection, task=task, masks="ellipse")
+
+
 def _cls_convert(loader, root: Path, out: Path, name: str, **kw):
     from .convert.common import Report, write_classify
 

@@ -310,3 +310,77 @@ def test_folder_classes_mapped(tmp_path, cli):
     s = json.loads((tmp_path / "o/summary.json").read_text())
     assert sum(1 for d in s["dropped"] if "unknown class folder" in d["reason"]) == 2
     assert s["images"] == {"train": 18, "val": 6, "test": 6}  # 10 per class: 6/2/2
+
+
+# ---------------------------------------------------------------------- corrections
+def _yolo_set(root: Path) -> Path:
+    for sp in ("train", "test"):
+        (root / "images" / sp).mkdir(parents=True)
+        (root / "labels" / sp).mkdir(parents=True)
+    (root / "data.yaml").write_text("names: {0: rbc, 1: wbc, 2: platelet}\n")
+    img = np.full((100, 200, 3), 215, np.uint8)
+    Image.fromarray(img).save(root / "images/test/src__f1.png")
+    img[0, :3] = 0
+    Image.fromarray(img).save(root / "images/train/src__f2.png")
+    # f1: an RBC box (20,10)-(60,50) and a "platelet" box (100,20)-(160,80)
+    (root / "labels/test/src__f1.txt").write_text("0 0.2 0.3 0.2 0.4\n2 0.65 0.5 0.3 0.6\n")
+    (root / "labels/train/src__f2.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    return root
+
+
+def test_convert_fix_applies_every_edit(tmp_path, cli):
+    src = _yolo_set(tmp_path / "s")
+    corr = tmp_path / "c.csv"
+    corr.write_text(
+        "# reviewed\nsplit,image,action,kind,x1,y1,x2,y2,reason\n"
+        "test,f1,relabel,wbc,102,18,158,82,platelet is a WBC\n"
+        "test,src__f1,add,rbc,150,5,190,45,missing RBC\n"
+        "test,f1,delete,,20,10,60,50,not a cell\n"
+    )
+    r = cli("convert", "fix", src, "--corrections", corr, "--out", tmp_path / "o", "--task", "detect")
+    assert r.returncode == 0, r.stderr
+    lines = [ln.split() for ln in (tmp_path / "o/labels/test/src__f1.txt").read_text().split("\n") if ln.strip()]
+    assert [ln[0] for ln in lines] == ["1", "0"]  # relabelled platelet -> wbc, RBC deleted, new RBC appended
+    np.testing.assert_allclose([float(v) for v in lines[1][1:]], [0.85, 0.25, 0.2, 0.4], atol=1e-4)
+    assert (tmp_path / "o/labels/train/src__f2.txt").read_text().startswith("0 0.5")  # untouched
+    notes = json.loads((tmp_path / "o/summary.json").read_text())["notes"]
+    assert sum("relabelled platelet -> wbc" in n or "added rbc" in n or "deleted rbc" in n for n in notes) == 3
+    # segment output: the added box gets a polygon (ellipse), the others keep theirs
+    r = cli("convert", "fix", src, "--corrections", corr, "--out", tmp_path / "seg")
+    assert r.returncode == 0, r.stderr
+    seg = [ln.split() for ln in (tmp_path / "seg/labels/test/src__f1.txt").read_text().split("\n") if ln.strip()]
+    assert len(seg) == 2 and all(len(ln) > 10 for ln in seg)
+
+
+def test_convert_fix_refuses_edits_that_do_not_apply(tmp_path, cli):
+    src = _yolo_set(tmp_path / "s")
+    bad = {
+        "no image": "test,nope,add,wbc,1,1,9,9,x\n",
+        "no labelled box": "test,f1,delete,,0,60,10,70,x\n",  # nothing overlaps
+        "not one of": "test,f1,move,wbc,1,1,9,9,x\n",
+        "kind": "test,f1,add,neutrophil,1,1,9,9,x\n",
+        "empty box": "test,f1,add,wbc,9,9,1,1,x\n",
+    }
+    for msg, row in bad.items():
+        corr = tmp_path / "c.csv"
+        corr.write_text("split,image,action,kind,x1,y1,x2,y2,reason\n" + row)
+        r = cli("convert", "fix", src, "--corrections", corr, "--out", tmp_path / "o")
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (msg, r.stderr)
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.data
+def test_bccd_test_corrections_name_real_label_misses(bccd):
+    """The shipped BCCD test corrections: each image is in the published test split, and each added
+    WBC is in an image whose VOC file has no WBC at all (the relabelled box is labelled Platelets)."""
+    from bccdet.convert.corrections import read_corrections
+
+    rows = read_corrections(Path(__file__).resolve().parent.parent / "datasets/bccd-test-corrections.csv")
+    test = set((bccd / "ImageSets/Main/test.txt").read_text().split())
+    assert len(rows) == 4
+    for r in rows:
+        assert r["split"] == "test" and r["image"] in test
+        xml = (bccd / "Annotations" / f"{r['image']}.xml").read_text()
+        assert "<name>WBC</name>" not in xml, r["image"]
+        if r["action"] == "relabel":
+            assert "<name>Platelets</name>" in xml
