@@ -32,6 +32,20 @@ def auc(scores, labels) -> float:
     return wins / (len(pos) * len(neg))
 
 
+def recall_at_precision(score, is_pos, min_precision: float) -> tuple[float, float, float]:
+    """Best recall over thresholds on ``score`` whose precision >= ``min_precision``: (recall, precision, threshold)."""
+    order = np.argsort(-score, kind="stable")
+    y = np.asarray(is_pos, bool)[order]
+    tp = np.cumsum(y)
+    prec = tp / np.arange(1, len(y) + 1)
+    rec = tp / max(1, int(y.sum()))
+    ok = np.flatnonzero(prec >= min_precision)
+    if not len(ok):
+        return 0.0, float("nan"), float("nan")
+    k = ok[np.argmax(rec[ok])]
+    return float(rec[k]), float(prec[k]), float(score[order][k])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO / "data" / "deepapl-cls"))
@@ -75,6 +89,17 @@ def main() -> None:
     print(f"{'cell accuracy':<28}{acc:.4f}")
     print(f"{'blast recall':<28}{recall:.4f}  ({tp}/{int(np.sum(true == 'blast'))})")
     print(f"{'blast precision':<28}{precision:.4f}  ({tp}/{int(np.sum(pred == 'blast'))})")
+    pb = probs[:, LABELS.index("blast")]
+    r90, p90, t90 = recall_at_precision(pb, true == "blast", 0.90)
+    print(f"{'blast recall @ prec>=0.90':<28}{r90:.4f}  (precision {p90:.4f}, p_blast >= {t90:.3f}: threshold picked on "
+          f"these cells, an upper bound)")
+    split = np.array([r["split"] for r in rows])
+    if {"val", "test"} <= splits:
+        _, _, tv = recall_at_precision(pb[split == "val"], true[split == "val"] == "blast", 0.90)
+        te = split == "test"
+        hit = (pb[te] >= tv) & (true[te] == "blast")
+        print(f"{'  threshold from val, test':<28}recall {hit.sum() / max(1, np.sum(true[te] == 'blast')):.4f}, precision "
+              f"{hit.sum() / max(1, np.sum(pb[te] >= tv)):.4f} (p_blast >= {tv:.3f} fixed on the val patients)")
     print(f"{'patient APL vs AML AUC':<28}{auc(scores, ys):.4f}")
     print(f"{'patient':<12}{'diagnosis':<10}{'cells':>6}{'apl_score':>11}")
     for p, s, y in sorted(zip(pats, scores, ys), key=lambda t: -t[1]):
