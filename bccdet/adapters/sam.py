@@ -135,6 +135,9 @@ class SamModel:
                  sha256: str | None = None, threads: int | None = None):
         import torch
 
+        from ..runtime import tune_malloc
+
+        tune_malloc()
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)

@@ -126,6 +126,9 @@ class YoloDetector:
         setup_offline()
         from ultralytics import YOLO
 
+        from ..runtime import tune_malloc
+
+        tune_malloc()
         self.model = YOLO(str(weights))
         self.name = name or Path(weights).stem
         self.sha256 = sha256
