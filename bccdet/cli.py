@@ -221,21 +221,11 @@ def convert_merge(
     out: Path = _OUT, task: str = _TASK, masks: str = _MASKS,
 ):
     """Merge converted detection sets: de-duplicate by pixel hash and fail on test leakage."""
-    from .convert.common import Report, SPLITS, dedup_and_check_leakage, write_yolo_detection
-    from .convert.detection import load_yolo_split, read_yolo_names
+    from .convert.common import Report, dedup_and_check_leakage, write_yolo_detection
+    from .convert.detection import load_converted
 
     report = Report("merged")
-    samples = []
-    for src in sources:
-        if not (src / "data.yaml").exists():
-            raise ConversionError(f"{src}: not a converted YOLO folder (no data.yaml)")
-        names = read_yolo_names(src / "data.yaml")
-        for sp in SPLITS:
-            if (src / "images" / sp).is_dir():
-                got = load_yolo_split(src / "images" / sp, src / "labels" / sp, names, sp, src.name, report)
-                for s in got:
-                    s.name = s.image.stem  # already prefixed by its source at conversion
-                samples += got
+    samples = [s for src in sources for s in load_converted(src, report)]
     samples = dedup_and_check_leakage(samples, report, prefer=[s.name for s in sources])
     _finish(report, out, samples, write_yolo_detection, task=task, masks=masks)
 
@@ -250,7 +240,8 @@ def convert_fix(
 ):
     """Apply a reviewed corrections list (e.g. from `curate`'s suspects) to a converted set."""
     from .convert.common import Report, write_yolo_detection
-    from .convert.corrections import apply_corrections, load_converted, read_corrections
+    from .convert.corrections import apply_corrections, read_corrections
+    from .convert.detection import load_converted
 
     rows = read_corrections(corrections)
     report = Report(f"{src.name}-fixed")

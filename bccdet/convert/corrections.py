@@ -22,7 +22,7 @@ import numpy as np
 
 from ..io import InputError
 from ..types import KINDS, Cells
-from .common import SPLITS, DetSample, Report, ellipse_masks
+from .common import DetSample, Report, ellipse_masks
 
 ACTIONS = ("add", "relabel", "delete")
 FIELDS = ("split", "image", "action", "kind", "x1", "y1", "x2", "y2", "reason")
@@ -106,22 +106,4 @@ def apply_corrections(samples: list[DetSample], rows: list[dict], report: Report
                 what = f"deleted {cells.kind[j]} {cells.xyxy[j].round().tolist()}"
                 s.cells = cells[keep]
         report.notes.append(f"{s.split}/{s.name}: {what} ({r['reason'] or 'no reason given'})")
-    return samples
-
-
-def load_converted(src: Path, report: Report) -> list[DetSample]:
-    """Every split of a converted YOLO folder (``data.yaml``, ``images/<split>``, ``labels/<split>``)."""
-    from .detection import load_yolo_split, read_yolo_names
-
-    src = Path(src)
-    if not (src / "data.yaml").exists():
-        raise CorrectionError(f"{src}: not a converted YOLO folder (no data.yaml)")
-    names = read_yolo_names(src / "data.yaml")
-    samples = []
-    for sp in SPLITS:
-        if (src / "images" / sp).is_dir():
-            got = load_yolo_split(src / "images" / sp, src / "labels" / sp, names, sp, src.name, report)
-            for s in got:
-                s.name = s.image.stem
-            samples += got
     return samples

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..io import IMAGE_SUFFIXES, InputError, image_size
 from ..types import Cells, CellsError, SmearMeta, normalize_kind
-from .common import ConversionError, DetSample, Report, clean_boxes
+from .common import SPLITS, ConversionError, DetSample, Report, clean_boxes
 
 BCCD_SPLIT_SIZES = {"train": 205, "val": 87, "test": 72}
 
@@ -241,3 +241,19 @@ def load_coco_json(ann_file: Path, image_dir: Path, split: str, source: str, rep
         if s is not None:
             out.append(s)
     return out
+
+
+def load_converted(src: Path, report: Report) -> list[DetSample]:
+    """Every split of a converted YOLO folder (``data.yaml``, ``images/<split>``, ``labels/<split>``)."""
+    src = Path(src)
+    if not (src / "data.yaml").exists():
+        raise ConversionError(f"{src}: not a converted YOLO folder (no data.yaml)")
+    names = read_yolo_names(src / "data.yaml")
+    samples = []
+    for sp in SPLITS:
+        if (src / "images" / sp).is_dir():
+            got = load_yolo_split(src / "images" / sp, src / "labels" / sp, names, sp, src.name, report)
+            for s in got:
+                s.name = s.image.stem  # already prefixed by its source at conversion
+            samples += got
+    return samples
