@@ -22,7 +22,7 @@ def test_tune_malloc_applies_unless_opted_out(opt_out, expected):
     assert r.stdout.strip() == expected
 
 
-def test_classifier_loads_with_tuning(tmp_path):
+def test_classifier_loads_with_tuning():
     """Loading a classifier applies the tuning (the flag is process-wide and idempotent)."""
     pytest.importorskip("torch")
     from bccdet import runtime

@@ -829,7 +829,6 @@ class CellClassifier:
                  threshold: float | None = None, platelets: bool = False, batch_size: int = 32):
         import torch
 
-        from ..io import sha256_file
         from ..runtime import tune_malloc
 
         tune_malloc()

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..io import IMAGE_SUFFIXES, InputError, image_size
-from ..types import KINDS, Cells, SmearMeta, rle_decode
+from ..types import KINDS, Cells, SmearMeta, box_iou, rle_decode
 
 GT_FIELD = "ground_truth"
 PRED_FIELD = "predictions"
@@ -594,19 +594,6 @@ def brain_detection(samples, pred_field: str = PRED_FIELD, gt_field: str = GT_FI
     return t
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)), np.float32)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    aa = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    ab = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(aa[:, None] + ab[None, :] - inter, 1e-9)
-
-
 def _xyxy(dets, w: int, h: int) -> np.ndarray:
     if not dets:
         return np.zeros((0, 4), np.float32)
@@ -638,7 +625,7 @@ def tag_detection_suspects(samples, rule: Rule | None = None, pred_field: str = 
         gts = s[gt_field].detections if s[gt_field] else []
         prs = s[pred_field].detections if s[pred_field] else []
         gb, pb = _xyxy(gts, w, h), _xyxy(prs, w, h)
-        iou = _iou_matrix(pb, gb)  # preds x gts
+        iou = box_iou(pb, gb)  # preds x gts
         conf = np.array([d.confidence or 0.0 for d in prs], np.float32)
         n0 = len(out)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import InputError
-from ..types import KINDS, Cells
+from ..types import KINDS, Cells, box_iou
 from .common import DetSample, Report, ellipse_masks
 
 ACTIONS = ("add", "relabel", "delete")
@@ -60,18 +60,6 @@ def read_corrections(path: str | Path) -> list[dict]:
     return rows
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    if not len(boxes):
-        return np.zeros(0)
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
-
-
 def _stem_matches(stem: str, name: str) -> bool:
     return stem == name or stem.split("__", 1)[-1] == name
 
@@ -91,7 +79,7 @@ def apply_corrections(samples: list[DetSample], rows: list[dict], report: Report
             s.cells = Cells.concat([cells, new], meta=cells.meta)
             what = f"added {r['kind']} {r['box'].round().tolist()}"
         else:
-            iou = _iou(r["box"], cells.xyxy)
+            iou = box_iou(r["box"][None], cells.xyxy)[0]
             j = int(np.argmax(iou)) if len(iou) else -1
             if j < 0 or iou[j] < min_iou:
                 raise CorrectionError(f"line {r['line']}: no labelled box in {s.name} overlaps {r['box'].round().tolist()} "
