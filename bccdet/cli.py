@@ -389,8 +389,8 @@ def train_classifier(
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
     for d in data:
-        if not (d / "train").is_dir():
-            raise InputError(f"{d}: not a converted classify folder (no train/)")
+        if not (d / "train").is_dir() and not (d / "manifest.csv").is_file():
+            raise InputError(f"{d}: not a converted classify folder (no train/ and no manifest.csv)")
     from .adapters.classifier import train
 
     init_path = None

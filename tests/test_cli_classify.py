@@ -51,3 +51,30 @@ def test_classify_empty_folder_is_a_clear_error(tmp_path, cli):
     (tmp_path / "empty").mkdir()
     r = cli("classify", tmp_path / "empty", "--out", tmp_path / "o")
     assert r.returncode == 2 and "no image files" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_classifier_on_a_manifest_only_set(tmp_path, cli):
+    """A re-split that is only a manifest.csv (absolute file paths into another set; how
+    bench/deepapl_cv.py writes its patient folds) trains like a folder set; a folder with neither
+    train/ nor manifest.csv is a one-line error."""
+    src = make_cls_set(tmp_path / "src", manifest=True)
+    rows = list(csv.DictReader(open(src / "manifest.csv")))
+    fold = tmp_path / "fold"
+    fold.mkdir()
+    with open(fold / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:  # swap train and test: proves the manifest, not the folders, decides the split
+            split = {"train": "test", "test": "train"}.get(r["split"], r["split"])
+            w.writerow(dict(r, split=split, file=str((src / r["file"]).resolve())))
+    run = tmp_path / "run"
+    r = cli("train", "classifier", "--data", fold, "--out", run, "--epochs", "1", "--imgsz", "32", "--batch", "8",
+            "--freeze-epochs", "0", "--threads", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import torch
+
+    ck = torch.load(run / "classifier.pt", weights_only=True)
+    assert sum(ck["data"]["train"].values()) == 9  # the 3 x 3 images of src's test split
+    (tmp_path / "nothing").mkdir()
+    r = cli("train", "classifier", "--data", tmp_path / "nothing", "--out", tmp_path / "r2")
+    assert r.returncode != 0 and "no train/ and no manifest.csv" in r.stderr and "Traceback" not in r.stderr
