@@ -144,6 +144,12 @@ def score(out: Path) -> None:
           f"{tp / max(1, isb.sum()):>9.4f}{tp / max(1, int(np.sum(pred == 'blast'))):>9.4f}{r90:>8.4f}"
           f"{np.sum(sel & isb) / max(1, isb.sum()):>12.4f}{np.sum(sel & isb) / max(1, sel.sum()):>12.4f}"
           f"{auc(pooled['scores'], pooled['ys']):>8.4f}")
+    from collections import Counter
+
+    miss = Counter(pred[isb & (pred != "blast")])
+    false = Counter(lab[~isb & (pred == "blast")])
+    print("blasts called otherwise: " + ", ".join(f"{k} {v}" for k, v in miss.most_common(5)))
+    print("called blast, labelled otherwise: " + ", ".join(f"{k} {v}" for k, v in false.most_common(5)))
     print(f"{len(runs)} fold(s). R@P90: best recall with precision >= 0.90 over thresholds picked on the test cells "
           f"(upper bound); 'val thr': p_blast threshold fixed on each fold's val patients. AUC: apl_score, pooled "
           f"over patients scored by the model that never saw them.")
