@@ -1,0 +1,66 @@
+"""The leukocyte classifier on a lab it never saw: wbc-seg (Zheng et al. 2018, Dataset 2).
+
+    .venv/bin/python bench/classifier_external.py [--weights NAME|FILE ...]
+
+100 single-cell CellaVision images (300x300) from another lab than PBC / DeepAPL, 5 normal classes
+(labels.csv: neutrophil, lymphocyte, monocyte, eosinophil, basophil). None of it was used in training
+or model selection. Crops as ``classify`` does (largest centred square) and prints, per model: accuracy
+of the plain 12-label argmax (what ``classify`` reports), accuracy with the argmax restricted to the 5
+classes present (the differential a normal-blood user would read), per-class sensitivity, the most
+common confusions, and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+NAMES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", nargs="*", default=[None])
+    a = ap.parse_args()
+    from machine import machine
+
+    from bccdet.adapters.classifier import CellClassifier
+    from bccdet.data import dataset
+    from bccdet.io import read_image
+    from bccdet.vocab import LABELS
+    from bccdet.weights import resolve
+
+    root = dataset("wbc-seg")
+    if root is None:
+        sys.exit("need the wbc-seg folder ($BCCDET_DATA or ../shared/datasets)")
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    ids = [int(r["image ID"]) for r in rows]
+    y = np.array([NAMES[int(r["class"]) - 1] for r in rows])
+    imgs = [read_image(root / "images" / f"{i:03d}.png") for i in ids]
+    print(f"machine: {machine()}")
+    print(f"wbc-seg: {len(y)} images; " + ", ".join(f"{k} {v}" for k, v in Counter(y).items()))
+    print(f"{'model':<28}{'acc (12)':>9}{'acc (5)':>9}" + "".join(f"{n[:5]:>7}" for n in NAMES) + "   top confusions (12 labels)")
+    keep = [LABELS.index(n) for n in NAMES]
+    for w in a.weights:
+        path, name, sha = resolve(w, "classifier")
+        clf = CellClassifier(path, name=name, sha256=sha)
+        p = clf.predict_crops([clf.crop_single(im) for im in imgs])
+        pred = np.array(LABELS)[p.argmax(1)]
+        pred5 = np.array(NAMES)[p[:, keep].argmax(1)]
+        sens = [np.mean(pred[y == n] == n) for n in NAMES]
+        conf = Counter(f"{t}->{q}" for t, q in zip(y, pred) if t != q).most_common(4)
+        print(f"{name:<28}{np.mean(pred == y):>9.2f}{np.mean(pred5 == y):>9.2f}" + "".join(f"{s:>7.2f}" for s in sens)
+              + "   " + ", ".join(f"{k} {v}" for k, v in conf))
+
+
+if __name__ == "__main__":
+    main()
