@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/deepapl_cv.py folds  [--k 5] [--out data/deepapl-cv]
     .venv/bin/python bench/deepapl_cv.py train  --fold N [--out runs/cv] [-- extra `train classifier` options]
+    .venv/bin/python bench/deepapl_cv.py predict --fold N [--out runs/cv]   (predict again from a trained fold)
     .venv/bin/python bench/deepapl_cv.py score  [--out runs/cv]
 
 ``folds`` splits every patient of ``data/deepapl-cls`` (all of its splits: the 73 Discovery patients
@@ -92,7 +93,7 @@ def predict(ck: Path, fold_dir: Path, dest: Path) -> None:
     probs = clf.predict_crops(crops, 32)
     np.savez(dest, probs=probs.astype(np.float32), split=np.array([r["split"] for r in rows]),
              label=np.array([r["label"] for r in rows]), group=np.array([r["group"] for r in rows]),
-             file=np.array([r["file"] for r in rows]))
+             path=np.array([r["file"] for r in rows]))
 
 
 def score(out: Path) -> None:
@@ -160,7 +161,7 @@ def score(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["folds", "train", "score"])
+    ap.add_argument("cmd", choices=["folds", "train", "predict", "score"])
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--fold", type=int)
     ap.add_argument("--src", default=str(REPO / "data" / "deepapl-cls"))
@@ -171,14 +172,15 @@ def main() -> None:
     extra = [x for x in extra if x != "--"]
     if a.cmd == "folds":
         make_folds(Path(a.src), Path(a.folds_dir), a.k)
-    elif a.cmd == "train":
+    elif a.cmd in ("train", "predict"):
         fd, run = Path(a.folds_dir) / f"fold{a.fold}", Path(a.out) / f"fold{a.fold}"
         if not (fd / "manifest.csv").exists():
             sys.exit(f"{fd}/manifest.csv missing: run `folds` first")
         cmd = [sys.executable, str(REPO / "cli.py"), "train", "classifier", "--data", str(REPO / "data" / "pbc-cls"),
                "--data", str(fd), "--out", str(run)] + (extra or C160)
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        if a.cmd == "train":
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
         predict(run / "classifier.pt", fd, run / "pred.npz")
         if not a.keep_cache:
             import shutil
