@@ -136,6 +136,7 @@ def score(out: Path) -> None:
         pooled["hit"] += list(pb[te] >= tv)
         pooled["pats"] += pats
         pooled["scores"] += sc
+        pooled["feats"] += [pr[te & (grp == p)].mean(0) for p in pats]
         pooled["ys"] += ys
     pred, lab, pb, sel = (np.array(pooled[k]) for k in ("pred", "lab", "pb", "hit"))
     isb = lab == "blast"
@@ -154,6 +155,20 @@ def score(out: Path) -> None:
     print(f"{len(runs)} fold(s). R@P90: best recall with precision >= 0.90 over thresholds picked on the test cells "
           f"(upper bound); 'val thr': p_blast threshold fixed on each fold's val patients. AUC: apl_score, pooled "
           f"over patients scored by the model that never saw them.")
+    # patient-level alternatives on the same out-of-fold cells (exploratory: not what apl_score does)
+    feats = np.array(pooled["feats"])
+    ys = np.array(pooled["ys"], bool)
+    print(f"patient AUC, mean p(promyelocyte) alone: {auc(list(feats[:, ip]), list(ys)):.4f}")
+    if ys.sum() >= 2 and (~ys).sum() >= 2:
+        from sklearn.linear_model import LogisticRegression
+
+        loo = np.zeros(len(ys))
+        for i in range(len(ys)):  # leave one patient out; C fixed beforehand (no tuning on these patients)
+            m = np.arange(len(ys)) != i
+            lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(np.log(feats[m] + 1e-3), ys[m])
+            loo[i] = lr.predict_proba(np.log(feats[i:i + 1] + 1e-3))[0, 1]
+        print(f"patient AUC, logistic regression on the 12 log mean probabilities (leave one patient out): "
+              f"{auc(list(loo), list(ys)):.4f}")
     print(f"{'patient':<12}{'diagnosis':<10}{'apl_score':>10}")
     for p, s, y in sorted(zip(pooled["pats"], pooled["scores"], pooled["ys"]), key=lambda t: -t[1]):
         print(f"{p:<12}{'APL' if y else 'AML':<10}{s:>10.3f}")
