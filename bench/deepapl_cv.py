@@ -4,6 +4,7 @@
     .venv/bin/python bench/deepapl_cv.py train  --fold N [--out runs/cv] [-- extra `train classifier` options]
     .venv/bin/python bench/deepapl_cv.py predict --fold N [--out runs/cv]   (predict again from a trained fold)
     .venv/bin/python bench/deepapl_cv.py score  [--out runs/cv]
+    .venv/bin/python bench/deepapl_cv.py fit-apl [--dest weights/bccdet-apl-lr.json] [--only-split train]
 
 ``folds`` splits every patient of ``data/deepapl-cls`` (all of its splits: the 73 Discovery patients
 with signed cells) into ``k`` folds, stratified by diagnosis (APL / AML, from ``master.csv``), seed 0.
@@ -96,11 +97,65 @@ def predict(ck: Path, fold_dir: Path, dest: Path) -> None:
              path=np.array([r["file"] for r in rows]))
 
 
+def loo_scores(feats: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Leave-one-patient-out scores of the patient model (C fixed beforehand, nothing tuned on these)."""
+    from bccdet.adapters.classifier import apl_score_model, fit_apl_model
+
+    out = np.zeros(len(ys))
+    for i in range(len(ys)):
+        m = np.arange(len(ys)) != i
+        out[i] = apl_score_model(fit_apl_model(feats[m], ys[m]), np.exp(feats[i:i + 1]) - 1e-3)
+    return out
+
+
+def patient_features(out: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(patients, features, is_apl) from the out-of-fold test cells of every fold."""
+    from bccdet.adapters.classifier import apl_features
+
+    diag = _diagnosis()
+    pats, feats = [], []
+    for f in sorted(out.glob("fold*/pred.npz")):
+        z = np.load(f)
+        te = z["split"] == "test"
+        for p in sorted(set(z["group"][te])):
+            pats.append(str(p))
+            feats.append(apl_features(z["probs"][te & (z["group"] == p)]))
+    return pats, np.array(feats), np.array([diag.get(p) == "APL" for p in pats])
+
+
+def fit_apl(out: Path, dest: Path, only_split: str | None) -> None:
+    """Fit the patient model on every out-of-fold patient (or those of one split of data/deepapl-cls)."""
+    import datetime
+
+    from deepapl import auc
+
+    from bccdet.adapters.classifier import fit_apl_model
+
+    pats, feats, ys = patient_features(out)
+    if only_split:
+        keep = {r["group"] for r in csv.DictReader(open(REPO / "data/deepapl-cls/manifest.csv")) if r["split"] == only_split}
+        m = np.array([p in keep for p in pats])
+        pats, feats, ys = [p for p, k in zip(pats, m) if k], feats[m], ys[m]
+    loo = auc(list(loo_scores(feats, ys)), list(ys))
+    folds = json.loads((Path(REPO / "data" / "deepapl-cv") / "folds.json").read_text())
+    model = fit_apl_model(feats, ys, patients=pats, loo_auc=round(loo, 4),
+                          fitted_on=f"out-of-fold cell probabilities of a {folds['k']}-fold patient-level CV of the 160 px "
+                                    f"classifier recipe (bench/deepapl_cv.py), DeepAPL Discovery"
+                                    + (f", patients of split {only_split!r} only" if only_split else ""),
+                          created=datetime.date.today().isoformat())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(model, indent=1) + "\n")
+    from bccdet.vocab import LABELS
+
+    print(f"fitted on {len(ys)} patients ({int(ys.sum())} APL); leave-one-patient-out AUC {loo:.4f}; wrote {dest}")
+    print("coefficients: " + ", ".join(f"{lab} {c:+.2f}" for lab, c in sorted(zip(LABELS, model["coef"]), key=lambda t: -abs(t[1]))))
+
+
 def score(out: Path) -> None:
     from deepapl import auc, recall_at_precision
     from machine import machine
 
-    from bccdet.adapters.classifier import apl_score
+    from bccdet.adapters.classifier import apl_features, apl_score
     from bccdet.vocab import LABELS
 
     diag = _diagnosis()
@@ -136,7 +191,7 @@ def score(out: Path) -> None:
         pooled["hit"] += list(pb[te] >= tv)
         pooled["pats"] += pats
         pooled["scores"] += sc
-        pooled["feats"] += [pr[te & (grp == p)].mean(0) for p in pats]
+        pooled["feats"] += [apl_features(pr[te & (grp == p)]) for p in pats]
         pooled["ys"] += ys
     pred, lab, pb, sel = (np.array(pooled[k]) for k in ("pred", "lab", "pb", "hit"))
     isb = lab == "blast"
@@ -159,16 +214,10 @@ def score(out: Path) -> None:
     feats = np.array(pooled["feats"])
     ys = np.array(pooled["ys"], bool)
     print(f"patient AUC, mean p(promyelocyte) alone: {auc(list(feats[:, ip]), list(ys)):.4f}")
+    print(f"patient AUC, mean p(blast) alone (lower = APL): {auc(list(-feats[:, ib]), list(ys)):.4f}")
     if ys.sum() >= 2 and (~ys).sum() >= 2:
-        from sklearn.linear_model import LogisticRegression
-
-        loo = np.zeros(len(ys))
-        for i in range(len(ys)):  # leave one patient out; C fixed beforehand (no tuning on these patients)
-            m = np.arange(len(ys)) != i
-            lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(np.log(feats[m] + 1e-3), ys[m])
-            loo[i] = lr.predict_proba(np.log(feats[i:i + 1] + 1e-3))[0, 1]
         print(f"patient AUC, logistic regression on the 12 log mean probabilities (leave one patient out): "
-              f"{auc(list(loo), list(ys)):.4f}")
+              f"{auc(list(loo_scores(feats, ys)), list(ys)):.4f}")
     print(f"{'patient':<12}{'diagnosis':<10}{'apl_score':>10}")
     for p, s, y in sorted(zip(pooled["pats"], pooled["scores"], pooled["ys"]), key=lambda t: -t[1]):
         print(f"{p:<12}{'APL' if y else 'AML':<10}{s:>10.3f}")
@@ -176,7 +225,9 @@ def score(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["folds", "train", "predict", "score"])
+    ap.add_argument("cmd", choices=["folds", "train", "predict", "score", "fit-apl"])
+    ap.add_argument("--dest", default=str(REPO / "weights" / "bccdet-apl-lr.json"), help="fit-apl: model file to write")
+    ap.add_argument("--only-split", default=None, help="fit-apl: only the patients of this split of data/deepapl-cls")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--fold", type=int)
     ap.add_argument("--src", default=str(REPO / "data" / "deepapl-cls"))
@@ -202,6 +253,8 @@ def main() -> None:
 
             shutil.rmtree(run / "cache", ignore_errors=True)
         print(f"wrote {run / 'pred.npz'}")
+    elif a.cmd == "fit-apl":
+        fit_apl(Path(a.out), Path(a.dest), a.only_split)
     else:
         score(Path(a.out))
 

@@ -262,6 +262,52 @@ def test_apl_score_rule():
     assert 0.3 < mixed < 0.7
 
 
+def _patient(rng, n, p_blast, p_pro):
+    """Per-cell probability rows of one patient: a share of blast-like and promyelocyte-like cells."""
+    rows = np.full((n, len(LABELS)), 0.01)
+    k = rng.random(n)
+    rows[k < p_blast, LABELS.index("blast")] = 0.9
+    rows[(k >= p_blast) & (k < p_blast + p_pro), LABELS.index("promyelocyte")] = 0.9
+    rows[k >= p_blast + p_pro, LABELS.index("lymphocyte")] = 0.9
+    return rows / rows.sum(1, keepdims=True)
+
+
+def test_apl_patient_model_fits_scores_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    apl = [_patient(rng, 60, 0.1, rng.uniform(0.3, 0.6)) for _ in range(8)]
+    aml = [_patient(rng, 60, rng.uniform(0.3, 0.6), 0.02) for _ in range(12)]
+    feats = np.array([C.apl_features(p) for p in apl + aml])
+    m = C.fit_apl_model(feats, [True] * 8 + [False] * 12, note="synthetic")
+    assert m["format"] == C.APL_MODEL_FORMAT and m["n_apl"] == 8 and m["note"] == "synthetic"
+    assert m["coef"][LABELS.index("promyelocyte")] > 0 > m["coef"][LABELS.index("blast")]
+    f = tmp_path / "apl.json"
+    f.write_text(json.dumps(m))
+    m2 = C.load_apl_model(f)
+    new_apl, new_aml = _patient(rng, 80, 0.05, 0.5), _patient(rng, 80, 0.5, 0.0)
+    s_apl, s_aml = C.apl_score_model(m2, new_apl), C.apl_score_model(m2, new_aml)
+    assert 0.5 < s_apl <= 1.0 and 0.0 <= s_aml < 0.5
+    rows = [{"label": LABELS[int(np.argmax(r))], **{f"p_{k}": float(v) for k, v in zip(LABELS, r)}} for r in new_apl]
+    summ = C.summary(rows, apl_model=m2)
+    assert summ["apl_score"] == s_apl and "logistic" in summ["apl_rule"]
+    assert any(fl["code"] == "apl_suspected" for fl in summ["flags"])
+    rule = C.summary(rows, apl_model=None)
+    assert rule["apl_rule"].startswith("share * presence")
+    assert C.summary(rows, apl_model=f)["apl_score"] == s_apl
+    with pytest.raises(C.InputError, match="both diagnoses"):
+        C.fit_apl_model(feats[:8], [True] * 8)
+
+
+def test_apl_patient_model_bad_files_are_clear_errors(tmp_path):
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(C.InputError, match="not a readable"):
+        C.load_apl_model(tmp_path / "junk.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": C.APL_MODEL_FORMAT, "labels": ["a"], "coef": [1]}))
+    with pytest.raises(C.InputError, match="not a bccdet-apl-patient/1 model"):
+        C.load_apl_model(tmp_path / "other.json")
+    with pytest.raises(C.InputError, match="no classified cells"):
+        C.apl_features(np.zeros((0, len(LABELS))))
+
+
 # ---------------------------------------------------------------------- the stage
 def _field():
     import cv2

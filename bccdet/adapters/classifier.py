@@ -31,7 +31,10 @@ Checkpoint (one ``.pt`` file, ``torch.load(weights_only=True)`` safe)::
      "state_dict": fp16 tensors, "imgsz", "margin", "mean", "std", "temperature", "review_threshold",
      "recipe": {...}, "data": {...}, "metrics": {"val": {...}}, "calibration": {...}, "epoch", ...}
 
-``apl_score`` (see :func:`apl_score`) is a documented rule, not a learned model.
+``apl_score`` of a patient (:func:`summary`): by default a small learned patient model (logistic
+regression on the log mean probability of each label over the patient's cells, fitted on
+out-of-fold DeepAPL predictions; see :func:`fit_apl_model` and ``weights/bccdet-apl-lr.md``), else
+the documented rule :func:`apl_score`.
 """
 
 from __future__ import annotations
@@ -972,9 +975,73 @@ def apl_score(p_promyelocyte: Sequence[float], p_blast: Sequence[float], eps: fl
     return round(float(min(1.0, max(0.0, share * presence))), 4)
 
 
-def summary(rows: Sequence[dict]) -> dict:
+APL_MODEL_FORMAT = "bccdet-apl-patient/1"
+APL_FEATURE_EPS = 1e-3
+
+
+def apl_features(probs: np.ndarray) -> np.ndarray:
+    """Patient features: ``log(mean over cells of p(label) + 1e-3)`` for each label of ``LABELS``."""
+    p = np.asarray(probs, np.float64).reshape(-1, len(LABELS))
+    if not len(p):
+        raise InputError("no classified cells: cannot compute patient features")
+    return np.log(p.mean(0) + APL_FEATURE_EPS)
+
+
+def fit_apl_model(features: np.ndarray, is_apl: Sequence[bool], c: float = 1.0, **provenance) -> dict:
+    """L2 logistic regression (class-balanced, ``C=c``) of APL vs other AML on :func:`apl_features` rows;
+    returns the JSON-able model that :func:`apl_score_model` applies (``provenance`` is stored with it)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = np.asarray(features, np.float64), np.asarray(is_apl, bool)
+    if y.all() or not y.any():
+        raise InputError("need patients of both diagnoses to fit the APL model")
+    lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x, y)
+    return {"format": APL_MODEL_FORMAT, "labels": list(LABELS), "features": "log(mean p(label) + 1e-3)",
+            "eps": APL_FEATURE_EPS, "coef": [round(float(v), 6) for v in lr.coef_[0]],
+            "intercept": round(float(lr.intercept_[0]), 6), "C": c, "n_patients": int(len(y)),
+            "n_apl": int(y.sum()), **provenance}
+
+
+def load_apl_model(path: str | Path) -> dict:
+    """Read and check a patient model written by :func:`fit_apl_model` (InputError when it is not one)."""
+    try:
+        m = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable APL patient model ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != APL_MODEL_FORMAT or list(m.get("labels", [])) != list(LABELS) \
+            or len(m.get("coef", [])) != len(LABELS):
+        raise InputError(f"{path}: not a {APL_MODEL_FORMAT} model for the labels {list(LABELS)}")
+    return m
+
+
+def apl_score_model(model: dict, probs: np.ndarray) -> float:
+    """Probability (0..1) of APL rather than another AML from a patient's per-cell calibrated probabilities."""
+    z = float(np.dot(model["coef"], apl_features(probs)) + model["intercept"])
+    return round(1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z)))), 4)
+
+
+_APL_DEFAULT: dict = {}
+
+
+def default_apl_model() -> tuple[dict, str, str] | None:
+    """(model, name, sha256) of the registered default ``apl`` model, or None (then the rule is used)."""
+    if "m" not in _APL_DEFAULT:
+        from ..weights import WeightsError, resolve
+
+        try:
+            path, name, sha = resolve(None, "apl")
+            _APL_DEFAULT["m"] = (load_apl_model(path), name, sha)
+        except (WeightsError, InputError):
+            _APL_DEFAULT["m"] = None
+    return _APL_DEFAULT["m"]
+
+
+def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default") -> dict:
     """Counts, differential (% of classified cells), review count, flags and ``apl_score`` of rows
-    from :func:`classify_paths` (one patient / sample)."""
+    from :func:`classify_paths` (one patient / sample).
+
+    ``apl_model``: "default" (the registered patient model, else the rule), a model file or dict
+    (:func:`load_apl_model`), or None for the rule :func:`apl_score`."""
     ok = [r for r in rows if r.get("label")]
     failed = [r for r in rows if not r.get("label")]
     counts = Counter(r["label"] for r in ok)
@@ -990,14 +1057,26 @@ def summary(rows: Sequence[dict]) -> dict:
     if diff.get("smudge_cell", 0.0) >= 10.0:
         flags.append({"code": "smudge_cells", "message": f"smudge cells {diff['smudge_cell']}% (>= 10%)"})
     n_review = sum(1 for r in ok if r.get("review"))
-    score = apl_score([r.get("p_promyelocyte") or 0.0 for r in ok], [r.get("p_blast") or 0.0 for r in ok])
-    if score >= 0.5:
-        flags.append({"code": "apl_suspected", "message": f"apl_score {score:.2f}: promyelocyte-predominant; "
+    model, how = None, "share * presence; bccdet.adapters.classifier.apl_score"
+    if isinstance(apl_model, dict):
+        model, how = apl_model, "patient model (logistic regression)"
+    elif apl_model == "default":
+        found = default_apl_model()
+        if found is not None:
+            model, how = found[0], f"patient model {found[1]} (logistic regression, sha256 {found[2][:12]})"
+    elif apl_model is not None:
+        model, how = load_apl_model(apl_model), f"patient model {Path(apl_model).name} (logistic regression)"
+    if model is not None and ok:
+        probs = np.array([[float(r.get(f"p_{lab}") or 0.0) for lab in LABELS] for r in ok])
+        score = apl_score_model(model, probs)
+    else:
+        score = apl_score([r.get("p_promyelocyte") or 0.0 for r in ok], [r.get("p_blast") or 0.0 for r in ok])
+    if score >= 0.5 and ok:
+        flags.append({"code": "apl_suspected", "message": f"apl_score {score:.2f}: APL pattern; "
                       "APL is an emergency, confirm with PML-RARA testing"})
     return {"files": len(rows), "classified": n, "unreadable": len(failed),
             "counts": {lab: counts[lab] for lab in LABELS if counts.get(lab)}, "differential_percent": diff,
-            "review": n_review, "flags": flags, "apl_score": score,
-            "apl_rule": "share * presence; bccdet.adapters.classifier.apl_score"}
+            "review": n_review, "flags": flags, "apl_score": score, "apl_rule": how}
 
 
 # ====================================================================== evaluation
