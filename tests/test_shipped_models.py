@@ -84,3 +84,29 @@ def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
     assert sum(c["kind"] == "rbc" for c in rep["cells"]) >= 8
     assert {c["mask_source"] for c in rep["cells"]} <= {"yolo", "sam"}
     assert (tmp_path / "out" / "BloodImage_00007" / "report.html").stat().st_size > 10_000
+
+
+def test_shipped_apl_model_orders_real_deepapl_patients(data_root):
+    """classify_paths + summary on whole real patient exports (the shipped classifier and patient model):
+    the 4 APL patients held out from the classifier's training score above 4 held-out AML patients.
+    Behaviour check of the chain, not a measurement: the patient model was fitted with these patients
+    (weights/bccdet-apl-lr.md has the held-out figures)."""
+    if default_name("apl") is None:
+        pytest.fail("no default apl model registered in weights/registry.json")
+    deepapl = data_root / "deepapl"
+    if not deepapl.is_dir():
+        pytest.skip(f"{deepapl} absent")
+    from bccdet.adapters.classifier import CellClassifier, classify_paths, summary
+
+    w, name, sha = resolve(None, "classifier")
+    clf = CellClassifier(w, name=name, sha256=sha)
+    scores = {}
+    for p in ("Patient_18", "Patient_19", "Patient_41", "Patient_49", "Patient_03", "Patient_09", "Patient_15", "Patient_21"):
+        rows = classify_paths([deepapl / p], clf)
+        s = summary(rows)
+        assert s["classified"] == len(rows) > 50 and s["apl_rule"].startswith("patient model bccdet-apl-lr")
+        scores[p] = s["apl_score"]
+    apl = [scores[p] for p in ("Patient_18", "Patient_19", "Patient_41", "Patient_49")]
+    aml = [scores[p] for p in ("Patient_03", "Patient_09", "Patient_15", "Patient_21")]
+    assert min(apl) > max(aml), scores
+    assert min(apl) >= 0.5 > max(aml), scores  # the apl_suspected flag would fire for exactly the APL patients
