@@ -32,13 +32,39 @@ def _launch(ds, port: int, address: str) -> None:
     from .adapters.fiftyone import launch
 
     session = launch(ds, port=port, address=address)
-    typer.echo(f"FiftyOne App: http://{address}:{port}/ (dataset {ds.name!r}); Ctrl-C to stop")
     try:
+        typer.echo(f"FiftyOne App: http://{address}:{port}/ (dataset {ds.name!r}); Ctrl-C to stop")
         session.wait(-1)
     except KeyboardInterrupt:
         pass
     finally:
-        session.close()
+        _close_app(session)
+
+
+def _close_app(session, timeout: float = 30.0) -> None:
+    """``session.close()``, bounded: FiftyOne waits without a limit for its App server process to exit
+    (seen to hang after Ctrl-C on a loaded machine). After ``timeout`` s the App server (FiftyOne's
+    ``--51-service server`` child and its children, never the shared database) is killed."""
+    import threading
+
+    t = threading.Thread(target=session.close, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not t.is_alive():
+        return
+    import psutil
+
+    for c in psutil.Process().children(recursive=True):
+        try:
+            cmd = c.cmdline()
+            if "--51-service" in cmd and "server" in cmd:
+                for g in c.children(recursive=True):
+                    g.kill()
+                c.kill()
+        except psutil.Error:
+            pass
+    t.join(10)
+    typer.echo(f"note: the App server did not stop within {timeout:.0f} s and was killed", err=True)
 
 
 def _top(suspects, n: int = 10) -> None:

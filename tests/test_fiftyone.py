@@ -439,7 +439,7 @@ def test_curate_launch_serves_the_app(ds_name, bccd_yolo, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the documented way to stop serving
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=90)  # cli_curate._close_app kills a stuck App server after 30 s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -455,3 +455,29 @@ def test_curate_launch_serves_the_app(ds_name, bccd_yolo, tmp_path):
             break
     else:
         pytest.fail("the App still answers after the command ended")
+
+
+def test_close_app_kills_a_stuck_app_server():
+    """FiftyOne's Session.close waits without limit for its App server child; _close_app bounds that and
+    kills only the `--51-service server` child."""
+    import time
+
+    import bccdet.cli  # noqa: F401  (the CLI module first: cli_curate registers itself on it)
+    from bccdet.cli_curate import _close_app
+
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--51-service", "server"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--51-service", "db"])
+    try:
+        class StuckSession:
+            def close(self):
+                server.wait()  # what fiftyone's ServerService.stop does
+
+        t0 = time.time()
+        _close_app(StuckSession(), timeout=1.0)
+        assert time.time() - t0 < 15
+        assert server.poll() is not None  # killed
+        assert other.poll() is None  # the database service is left alone
+    finally:
+        for p in (server, other):
+            p.kill()
+            p.wait()
