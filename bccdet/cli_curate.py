@@ -31,6 +31,15 @@ def _quiet(verbose: bool) -> None:
 def _launch(ds, port: int, address: str) -> None:
     from .adapters.fiftyone import launch
 
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C stops serving, and so does `kill` (SIGTERM); SIGINT is restored even when a parent
+    # started us with it ignored (shells do that for background jobs)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     session = launch(ds, port=port, address=address)
     try:
         typer.echo(f"FiftyOne App: http://{address}:{port}/ (dataset {ds.name!r}); Ctrl-C to stop")

@@ -41,19 +41,30 @@ def test_shipped_detector_finds_the_wbc_in_bccd_test_fields(bccd):
     assert hits == len(stems), f"WBC found in {hits}/{len(stems)} fields"
 
 
+def _needs(task: str, data_root, folder: str):
+    """The data folder a shipped-model test reads; fails without a registered default, skips without data."""
+    if default_name(task) is None:
+        pytest.fail(f"no default {task} registered in weights/registry.json")
+    d = data_root / folder
+    if not d.is_dir():
+        pytest.skip(f"{d} absent")
+    return d
+
+
+def _shipped_classifier():
+    from bccdet.adapters.classifier import CellClassifier
+
+    w, name, sha = resolve(None, "classifier")
+    return CellClassifier(w, name=name, sha256=sha)
+
+
 def test_shipped_classifier_types_real_pbc_cells(data_root):
     """Two held-out-style PBC images per class (the last files of each folder, sorted), typed right."""
-    if default_name("classifier") is None:
-        pytest.fail("no default classifier registered in weights/registry.json")
-    from bccdet.adapters.classifier import CellClassifier
+    pbc = _needs("classifier", data_root, "pbc")
     from bccdet.io import read_image
     from bccdet.vocab import LABELS, PBC_FOLDERS
 
-    pbc = data_root / "pbc"
-    if not pbc.is_dir():
-        pytest.skip(f"{pbc} absent")
-    w, name, sha = resolve(None, "classifier")
-    clf = CellClassifier(w, name=name, sha256=sha)
+    clf = _shipped_classifier()
     crops, truth = [], []
     for folder, label in PBC_FOLDERS.items():
         for f in sorted((pbc / folder).iterdir())[-2:]:
@@ -91,15 +102,10 @@ def test_shipped_apl_model_orders_real_deepapl_patients(data_root):
     the 4 APL patients held out from the classifier's training score above 4 held-out AML patients.
     Behaviour check of the chain, not a measurement: the patient model was fitted with these patients
     (weights/bccdet-apl-lr.md has the held-out figures)."""
-    if default_name("apl") is None:
-        pytest.fail("no default apl model registered in weights/registry.json")
-    deepapl = data_root / "deepapl"
-    if not deepapl.is_dir():
-        pytest.skip(f"{deepapl} absent")
-    from bccdet.adapters.classifier import CellClassifier, classify_paths, summary
+    deepapl = _needs("apl", data_root, "deepapl")
+    from bccdet.adapters.classifier import classify_paths, summary
 
-    w, name, sha = resolve(None, "classifier")
-    clf = CellClassifier(w, name=name, sha256=sha)
+    clf = _shipped_classifier()
     scores = {}
     for p in ("Patient_18", "Patient_19", "Patient_41", "Patient_49", "Patient_03", "Patient_09", "Patient_15", "Patient_21"):
         rows = classify_paths([deepapl / p], clf)
