@@ -424,7 +424,9 @@ def test_curate_launch_serves_the_app(ds_name, bccd_yolo, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bccdet.cli_curate", "curate", str(bccd_yolo), "--name", ds_name(),
                              "--split", "val", "--predictions", str(tmp_path / "pred"), "--no-brain", "--out",
                              str(tmp_path / "o"), "--launch", "--port", str(port)],
-                            cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # started as a shell starts a background job: SIGINT ignored; --launch must still stop
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
