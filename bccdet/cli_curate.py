@@ -29,9 +29,9 @@ def _quiet(verbose: bool) -> None:
 
 
 def _launch(ds, port: int, address: str) -> None:
-    from .adapters.fiftyone import launch
-
     import signal
+
+    from .adapters.fiftyone import launch
 
     def _stop(signum, frame):
         raise KeyboardInterrupt

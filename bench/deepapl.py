@@ -56,7 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     from machine import machine
 
-    from bccdet.adapters.classifier import CellClassifier, apl_score, apl_score_model, default_apl_model, load_apl_model
+    from bccdet.adapters.classifier import CellClassifier, apl_score, apl_score_model, resolve_apl_model
     from bccdet.data import dataset
     from bccdet.io import read_image
     from bccdet.vocab import LABELS
@@ -103,17 +103,11 @@ def main() -> None:
         print(f"{'  threshold from val, test':<28}recall {hit.sum() / max(1, np.sum(true[te] == 'blast')):.4f}, precision "
               f"{hit.sum() / max(1, np.sum(pb[te] >= tv)):.4f} (p_blast >= {tv:.3f} fixed on the val patients)")
     print(f"{'patient APL vs AML AUC':<28}{auc(scores, ys):.4f}  (rule: share * presence)")
-    model, mname = None, ""
-    if a.apl_model == "default":
-        found = default_apl_model()
-        if found is not None:
-            model, mname = found[0], found[1]
-    elif a.apl_model != "none":
-        model, mname = load_apl_model(a.apl_model), Path(a.apl_model).name
+    model, how = resolve_apl_model(None if a.apl_model == "none" else a.apl_model)
     learned = [apl_score_model(model, probs[by[p]]) for p in pats] if model is not None else [float("nan")] * len(pats)
     if model is not None:
         seen = set(model.get("patients", [])) & set(pats)
-        print(f"{'patient APL vs AML AUC':<28}{auc(learned, ys):.4f}  (patient model {mname}"
+        print(f"{'patient APL vs AML AUC':<28}{auc(learned, ys):.4f}  ({how}"
               + (f"; WARNING: fitted with {len(seen)} of these patients" if seen else "; none of these patients in its fit") + ")")
     print(f"{'patient':<12}{'diagnosis':<10}{'cells':>6}{'rule':>8}{'model':>8}")
     for p, s, lv, y in sorted(zip(pats, scores, learned, ys), key=lambda t: -t[1]):

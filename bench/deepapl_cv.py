@@ -72,12 +72,13 @@ def make_folds(src: Path, out: Path, k: int, seed: int = 0) -> list[list[str]]:
         with open(d / "manifest.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
+            n = dict.fromkeys(("train", "val", "test"), 0)
             for r in rows:
                 p = r["group"]
                 r = dict(r, split="test" if p in test else "val" if p in val else "train",
                          file=str((src / r["file"]).resolve()))
                 w.writerow(r)
-        n = {s: sum(1 for r in csv.DictReader(open(d / "manifest.csv")) if r["split"] == s) for s in ("train", "val", "test")}
+                n[r["split"]] += 1
         apl = sum(diag.get(p) == "APL" for p in test)
         print(f"fold{i}: test {len(test)} patients ({apl} APL), val {len(val)}, cells {n}")
     (out / "folds.json").write_text(json.dumps({"k": k, "seed": seed, "folds": folds}, indent=1))
@@ -99,12 +100,12 @@ def predict(ck: Path, fold_dir: Path, dest: Path) -> None:
 
 def loo_scores(feats: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Leave-one-patient-out scores of the patient model (C fixed beforehand, nothing tuned on these)."""
-    from bccdet.adapters.classifier import apl_score_model, fit_apl_model
+    from bccdet.adapters.classifier import apl_score_features, fit_apl_model
 
     out = np.zeros(len(ys))
     for i in range(len(ys)):
         m = np.arange(len(ys)) != i
-        out[i] = apl_score_model(fit_apl_model(feats[m], ys[m]), np.exp(feats[i:i + 1]) - 1e-3)
+        out[i] = apl_score_features(fit_apl_model(feats[m], ys[m]), feats[i])
     return out
 
 
@@ -155,7 +156,7 @@ def score(out: Path) -> None:
     from deepapl import auc, recall_at_precision
     from machine import machine
 
-    from bccdet.adapters.classifier import apl_features, apl_score
+    from bccdet.adapters.classifier import apl_score
     from bccdet.vocab import LABELS
 
     diag = _diagnosis()
@@ -191,7 +192,6 @@ def score(out: Path) -> None:
         pooled["hit"] += list(pb[te] >= tv)
         pooled["pats"] += pats
         pooled["scores"] += sc
-        pooled["feats"] += [apl_features(pr[te & (grp == p)]) for p in pats]
         pooled["ys"] += ys
     pred, lab, pb, sel = (np.array(pooled[k]) for k in ("pred", "lab", "pb", "hit"))
     isb = lab == "blast"
@@ -211,8 +211,7 @@ def score(out: Path) -> None:
           f"(upper bound); 'val thr': p_blast threshold fixed on each fold's val patients. AUC: apl_score, pooled "
           f"over patients scored by the model that never saw them.")
     # patient-level alternatives on the same out-of-fold cells (exploratory: not what apl_score does)
-    feats = np.array(pooled["feats"])
-    ys = np.array(pooled["ys"], bool)
+    _, feats, ys = patient_features(out)  # same patients and order as the pooled lists above
     print(f"patient AUC, mean p(promyelocyte) alone: {auc(list(feats[:, ip]), list(ys)):.4f}")
     print(f"patient AUC, mean p(blast) alone (lower = APL): {auc(list(-feats[:, ib]), list(ys)):.4f}")
     if ys.sum() >= 2 and (~ys).sum() >= 2:

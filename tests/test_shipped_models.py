@@ -13,7 +13,7 @@ def test_shipped_detector_finds_the_wbc_in_bccd_test_fields(bccd):
         pytest.fail("no default detector registered in weights/registry.json")
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.io import read_image
-    from bccdet.types import SmearMeta
+    from bccdet.types import SmearMeta, box_iou
 
     w, name, sha = resolve(None, "detector")
     det = YoloDetector(w, name=name, sha256=sha)
@@ -28,14 +28,8 @@ def test_shipped_detector_finds_the_wbc_in_bccd_test_fields(bccd):
         assert gt, s
         b = gt[0].find("bndbox")
         g = np.array([float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
-        wbc = cells[cells.kind == "wbc"]
-        ious = []
-        for p in wbc.xyxy:
-            ix = max(0.0, min(p[2], g[2]) - max(p[0], g[0]))
-            iy = max(0.0, min(p[3], g[3]) - max(p[1], g[1]))
-            inter = ix * iy
-            ious.append(inter / ((p[2] - p[0]) * (p[3] - p[1]) + (g[2] - g[0]) * (g[3] - g[1]) - inter))
-        hits += bool(ious) and max(ious) >= 0.5
+        ious = box_iou(cells[cells.kind == "wbc"].xyxy, g[None])[:, 0]
+        hits += bool(len(ious)) and ious.max() >= 0.5
         assert cells.counts()["rbc"] >= 5, s  # every BCCD field is full of red cells
         assert cells.has_masks and set(cells.mask_source) == {"yolo"}
     assert hits == len(stems), f"WBC found in {hits}/{len(stems)} fields"

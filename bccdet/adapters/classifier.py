@@ -1014,10 +1014,15 @@ def load_apl_model(path: str | Path) -> dict:
     return m
 
 
+def apl_score_features(model: dict, features: np.ndarray) -> float:
+    """Probability (0..1) of APL rather than another AML from one patient's :func:`apl_features`."""
+    z = float(np.dot(model["coef"], features) + model["intercept"])
+    return round(1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z)))), 4)
+
+
 def apl_score_model(model: dict, probs: np.ndarray) -> float:
     """Probability (0..1) of APL rather than another AML from a patient's per-cell calibrated probabilities."""
-    z = float(np.dot(model["coef"], apl_features(probs)) + model["intercept"])
-    return round(1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z)))), 4)
+    return apl_score_features(model, apl_features(probs))
 
 
 _APL_DEFAULT: dict = {}
@@ -1036,12 +1041,25 @@ def default_apl_model() -> tuple[dict, str, str] | None:
     return _APL_DEFAULT["m"]
 
 
+def resolve_apl_model(apl_model: str | Path | dict | None = "default") -> tuple[dict | None, str]:
+    """(model or None, how ``apl_score`` is computed) for ``apl_model``: "default" (the registered
+    patient model, else the rule), a model file or dict (:func:`load_apl_model`), or None (the rule)."""
+    if isinstance(apl_model, dict):
+        return apl_model, "patient model (logistic regression)"
+    if apl_model == "default":
+        found = default_apl_model()
+        if found is not None:
+            return found[0], f"patient model {found[1]} (logistic regression, sha256 {found[2][:12]})"
+    elif apl_model is not None:
+        return load_apl_model(apl_model), f"patient model {Path(apl_model).name} (logistic regression)"
+    return None, "share * presence; bccdet.adapters.classifier.apl_score"
+
+
 def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default") -> dict:
     """Counts, differential (% of classified cells), review count, flags and ``apl_score`` of rows
     from :func:`classify_paths` (one patient / sample).
 
-    ``apl_model``: "default" (the registered patient model, else the rule), a model file or dict
-    (:func:`load_apl_model`), or None for the rule :func:`apl_score`."""
+    ``apl_model``: see :func:`resolve_apl_model`."""
     ok = [r for r in rows if r.get("label")]
     failed = [r for r in rows if not r.get("label")]
     counts = Counter(r["label"] for r in ok)
@@ -1057,15 +1075,7 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     if diff.get("smudge_cell", 0.0) >= 10.0:
         flags.append({"code": "smudge_cells", "message": f"smudge cells {diff['smudge_cell']}% (>= 10%)"})
     n_review = sum(1 for r in ok if r.get("review"))
-    model, how = None, "share * presence; bccdet.adapters.classifier.apl_score"
-    if isinstance(apl_model, dict):
-        model, how = apl_model, "patient model (logistic regression)"
-    elif apl_model == "default":
-        found = default_apl_model()
-        if found is not None:
-            model, how = found[0], f"patient model {found[1]} (logistic regression, sha256 {found[2][:12]})"
-    elif apl_model is not None:
-        model, how = load_apl_model(apl_model), f"patient model {Path(apl_model).name} (logistic regression)"
+    model, how = resolve_apl_model(apl_model)
     if model is not None and ok:
         probs = np.array([[float(r.get(f"p_{lab}") or 0.0) for lab in LABELS] for r in ok])
         score = apl_score_model(model, probs)
