@@ -328,6 +328,9 @@ def classify(
     classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     batch: int = typer.Option(32, help="Crops per forward pass."),
+    adapt: bool = typer.Option(True, "--adapt/--no-adapt",
+                               help="Treat the call as one patient: re-estimate its class mix (EM) and relabel the cells "
+                                    "with it (calls of 20+ cells; see docs/models.md)."),
 ):
     """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...) and OUT/summary.json."""
     import csv
@@ -346,18 +349,20 @@ def classify(
     if n_img == 0:
         raise InputError(f"no image files in {', '.join(map(str, paths))}")
     w, name, sha = resolve(classifier, "classifier")
-    from .adapters.classifier import CellClassifier, classify_paths, summary
+    from .adapters.classifier import CellClassifier, adapt_rows, classify_paths, summary
 
     clf = CellClassifier(w, device=device, name=name, sha256=sha)
     rows = classify_paths(paths, clf, batch_size=batch, device=device)
+    adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
     buf = io.StringIO()
     wr = csv.writer(buf)
-    wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS)])
+    wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone"])
     for r in rows:
         score = "" if r["label_score"] is None else f"{r['label_score']:.4f}"
         wr.writerow([r["file"], r["label"], score, int(bool(r["review"])), r["reason"],
-                     *("" if r[f"p_{k}"] is None else f"{r[f'p_{k}']:.4f}" for k in LABELS)])
-    summ = summary(rows)
+                     *("" if r[f"p_{k}"] is None else f"{r[f'p_{k}']:.4f}" for k in LABELS),
+                     r.get("label_alone", r["label"])])
+    summ = summary(rows, prior_adaptation=adaptation)
     summ["model"] = {"name": name, "sha256": sha}
     write_text_atomic(out / "cells.csv", buf.getvalue())
     write_text_atomic(out / "summary.json", json.dumps(summ, indent=2))
@@ -367,6 +372,9 @@ def classify(
     diff = ", ".join(f"{k} {v}%" for k, v in summ["differential_percent"].items())
     typer.echo(f"{summ['classified']} cells classified ({summ['review']} to review), {summ['unreadable']} unreadable; "
                f"apl_score {summ['apl_score']:.2f}; {diff}")
+    if adaptation and adaptation["applied"]:
+        typer.echo(f"call-level prior adaptation: {adaptation['labels_changed']} label(s) changed (column label_alone "
+                   "keeps each cell's own label; --no-adapt turns it off)")
     for f in summ["flags"]:
         typer.echo(f"flag {f['code']}: {f['message']}")
     typer.echo(f"wrote {out / 'cells.csv'} and {out / 'summary.json'}")

@@ -372,3 +372,77 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
         C.CellClassifier(f)
     with pytest.raises(C.ClassifierError, match="no such"):
         C.CellClassifier(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------- call-level prior adaptation
+def _shifted_call(rng, prior, n):
+    """Cells of three classes seen through a calibrated 1-D classifier trained under a uniform prior:
+    class c emits x ~ N(c, 0.6); the posterior under the uniform prior is the normalised likelihood."""
+    y = rng.choice(len(prior), size=n, p=prior)
+    x = rng.normal(y.astype(float), 0.6)
+    lik = np.exp(-0.5 * ((x[:, None] - np.arange(len(prior))[None]) / 0.6) ** 2)
+    return lik / lik.sum(1, keepdims=True), y
+
+
+def test_adapt_prior_recovers_a_label_shift_and_types_more_cells_right():
+    rng = np.random.default_rng(0)
+    true = np.array([0.75, 0.2, 0.05])
+    p, y = _shifted_call(rng, true, 10000)
+    q, pi, it = C.adapt_prior(p)
+    assert np.abs(pi - true).max() < 0.04, pi  # the mix is found (the posteriors alone say ~1/3 each)
+    assert np.abs(p.mean(0) - true).max() > 0.1
+    assert (q.argmax(1) == y).mean() > (p.argmax(1) == y).mean() + 0.03
+    np.testing.assert_allclose(q.sum(1), 1.0)
+    assert 1 < it < 1000
+    # a call that already has the reference mix is left nearly as it is
+    p_u, _ = _shifted_call(rng, np.ones(3) / 3, 10000)
+    q_u, pi_u, _ = C.adapt_prior(p_u)
+    assert np.abs(pi_u - 1 / 3).max() < 0.04 and np.mean(q_u.argmax(1) == p_u.argmax(1)) > 0.95
+    # pseudo-cells pull a small call towards the reference prior; an all-zero row stays zero
+    small, _ = _shifted_call(rng, true, 20)
+    pi_0 = C.adapt_prior(small)[1]
+    pi_big = C.adapt_prior(small, alpha=1000.0)[1]
+    assert np.abs(pi_big - 1 / 3).max() < np.abs(pi_0 - 1 / 3).max()
+    z = np.vstack([small, np.zeros(3)])
+    assert C.adapt_prior(z)[0][-1].sum() == 0.0
+
+
+def _rows(p):
+    labels, score, review = C.assign_labels(p)
+    return [{"file": f"c{i}.png", "label": lab, "label_score": round(float(s), 4), "review": bool(rv), "reason": "",
+             **{f"p_{k}": round(float(v), 4) for k, v in zip(LABELS, pr)}}
+            for i, (lab, s, rv, pr) in enumerate(zip(labels, score, review, p))]
+
+
+def test_adapt_rows_relabels_a_normal_call_and_keeps_what_each_cell_said():
+    """A normal-blood call of neutrophils and lymphocytes where some lymphocytes look a little like
+    variant lymphocytes or blasts taken alone: adapting to the call's mix types them as lymphocytes,
+    keeps the cell's own label, reviews every changed cell, and the flags still report the lone calls."""
+    rng = np.random.default_rng(1)
+    ine, ily, ivl, ibl = (LABELS.index(k) for k in ("neutrophil", "lymphocyte", "variant_lymphocyte", "blast"))
+    p = np.full((60, len(LABELS)), 0.01)
+    p[:40, ine] = 0.9
+    p[40:, ily] = 0.6
+    p[52:, ily], p[52:56, ivl], p[56:, ibl] = 0.3, 0.45, 0.45  # 8 ambiguous lymphocytes
+    p += rng.uniform(0, 0.005, p.shape)
+    p /= p.sum(1, keepdims=True)
+    rows = _rows(p)
+    before = [dict(r) for r in rows]
+    info = C.adapt_rows(rows, None, C.REVIEW_THRESHOLD)
+    assert info["applied"] and info["labels_changed"] == 8 and info["cells"] == 60
+    assert info["estimated_percent"]["neutrophil"] > 60 and info["estimated_percent"].get("blast", 0) < 5
+    for r, b in zip(rows, before):
+        assert r["label_alone"] == b["label"] and r["raw_p_blast"] == pytest.approx(b["p_blast"])
+        assert r["review"] >= b["review"]
+        if r["label"] != b["label"]:
+            assert r["review"] and r["label"] == "lymphocyte"
+        assert r["label_score"] == pytest.approx(max(r[f"p_{k}"] for k in LABELS), abs=1e-4)
+    s = C.summary(rows, prior_adaptation=info)
+    assert s["counts"] == {"neutrophil": 40, "lymphocyte": 20} and s["prior_adaptation"] is info
+    flags = {f["code"]: f["message"] for f in s["flags"]}
+    assert "4 when each cell is taken alone" in flags["blasts_present"]
+    assert C.summary(rows)["apl_score"] == C.summary(before)["apl_score"]  # scored on the cells' own probabilities
+    # too small a call is left alone
+    few = _rows(p[50:60])
+    info = C.adapt_rows(few, None, C.REVIEW_THRESHOLD)
+    assert not info["applied"] and "fewer than 20" in info["reason"] and "label_alone" not in few[0]

@@ -848,6 +848,7 @@ class CellClassifier:
         self.threshold = float(ck.get("review_threshold", REVIEW_THRESHOLD) if threshold is None else threshold)
         self.platelets = platelets
         self.batch_size = batch_size
+        self.prior = reference_prior(ck)  # what adapt_rows re-weights from
         self.name = name or self.path.stem
         self.sha256 = sha256 or sha256_file(self.path)
 
@@ -947,6 +948,94 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
             flush()
     flush()
     return rows
+
+
+# ====================================================================== call-level prior adaptation
+# A call (one patient's export) has its own class mix, far from the one the classifier was trained on
+# (e.g. no blasts in normal blood, 30-90 % blasts in an AML). Re-estimating that mix by EM and
+# re-weighting each cell's posterior with it (Saerens, Latinne & Decaestecker 2002, Neural Computation
+# 14:21-41) is the standard label-shift correction. Measured in bench/prior_adaptation.py.
+PRIOR_ALPHA = 0.0  # Dirichlet pseudo-cells pulling the estimate to the reference prior (0: Saerens' ML)
+PRIOR_MIN_CELLS = 20  # smaller calls are left as they are
+
+
+def reference_prior(ck: dict) -> np.ndarray:
+    """The class prior (over LABELS) that :func:`adapt_prior` re-weights from: the checkpoint's
+    ``reference_prior`` if it records one, else uniform. Uniform was measured against the alternatives
+    for the shipped models (bench/prior_adaptation.py: the sampler's ``n_c ** balance`` mix and the
+    validation mix both did worse on every held-out set): the estimate must find a rare label (blast,
+    variant lymphocyte) common in the call before it favours it."""
+    pr = ck.get("reference_prior")
+    if isinstance(pr, dict):
+        v = np.array([float(pr.get(lab, 0.0)) for lab in LABELS])
+    else:
+        v = np.ones(len(LABELS))
+    v = np.maximum(v, 1e-6)
+    return v / v.sum()
+
+
+def adapt_prior(probs: np.ndarray, prior: Sequence[float] | None = None, alpha: float = PRIOR_ALPHA,
+                max_iter: int = 1000, tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray, int]:
+    """EM estimate of the class mix of one call and the posteriors re-weighted by it.
+
+    ``probs`` (n, k): calibrated posteriors; ``prior``: the class mix they are taken to assume
+    (uniform when None; see :func:`reference_prior`).
+    Iterates ``q_i ~ p_i * pi / prior`` and ``pi = (sum_i q_i + alpha * prior) / (n + alpha)``: a MAP
+    estimate with ``alpha`` pseudo-cells drawn from ``prior`` (``alpha=0``: Saerens et al.'s maximum
+    likelihood). Returns ``(q, pi, iterations)``; rows of zeros stay zeros."""
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2:
+        raise ValueError("probs must be (n, k)")
+    n, k = p.shape
+    pt = np.full(k, 1.0 / k) if prior is None else np.asarray(prior, np.float64)
+    pt = np.maximum(pt, 1e-12) / np.maximum(pt, 1e-12).sum()
+    pi, it = pt.copy(), 0
+
+    def reweight(pi):
+        q = p * (pi / pt)
+        s = q.sum(1, keepdims=True)
+        return np.divide(q, s, out=np.zeros_like(q), where=s > 0)
+
+    live = p.sum(1) > 0
+    m = int(live.sum())
+    if m == 0:
+        return p.copy(), pt, 0
+    for it in range(1, max_iter + 1):
+        new = (reweight(pi)[live].sum(0) + alpha * pt) / (m + alpha)
+        done = float(np.abs(new - pi).max()) < tol
+        pi = new
+        if done:
+            break
+    return reweight(pi), pi, it
+
+
+def adapt_rows(rows: Sequence[dict], prior: Sequence[float] | None = None, threshold: float = REVIEW_THRESHOLD,
+               alpha: float = PRIOR_ALPHA, min_cells: int = PRIOR_MIN_CELLS) -> dict:
+    """Call-level prior adaptation of :func:`classify_paths` rows, in place; returns what was done.
+
+    Each classified row keeps what the cell alone got (``label_alone``, ``raw_p_<label>``) and gets the
+    label, score and ``p_<label>`` of the re-weighted posterior (:func:`adapt_prior`). ``review`` only
+    grows: a cell stays in review if it was reviewed alone, and a cell whose label the call changed is
+    reviewed too. Calls with fewer than ``min_cells`` classified cells are left unchanged."""
+    ok = [r for r in rows if r.get("label")]
+    info: dict[str, Any] = {"applied": False, "method": "EM re-estimate of the call's class mix (Saerens et al. 2002)",
+                            "alpha": alpha, "min_cells": min_cells, "cells": len(ok)}
+    if len(ok) < min_cells:
+        info["reason"] = f"{len(ok)} classified cell(s), fewer than {min_cells}"
+        return info
+    p = np.array([[float(r.get(f"p_{lab}") or 0.0) for lab in LABELS] for r in ok])
+    q, pi, iters = adapt_prior(p, prior, alpha)
+    labels, score, review = assign_labels(q, None, threshold)
+    changed = 0
+    for r, lab, s, rv, pr, qr in zip(ok, labels, score, review, p, q):
+        alone = r["label"]
+        changed += lab != alone
+        r.update({"label_alone": alone, **{f"raw_p_{k}": float(v) for k, v in zip(LABELS, pr)}})
+        r.update(label=lab, label_score=round(float(s), 4), review=bool(rv or r.get("review") or lab != alone),
+                 **{f"p_{k}": round(float(v), 4) for k, v in zip(LABELS, qr)})
+    info.update(applied=True, iterations=iters, labels_changed=changed,
+                estimated_percent={lab: round(100.0 * float(v), 1) for lab, v in zip(LABELS, pi) if v >= 0.0005})
+    return info
 
 
 APL_PRESENCE_SCALE = 0.05
@@ -1055,11 +1144,15 @@ def resolve_apl_model(apl_model: str | Path | dict | None = "default") -> tuple[
     return None, "share * presence; bccdet.adapters.classifier.apl_score"
 
 
-def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default") -> dict:
+def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default",
+            prior_adaptation: dict | None = None) -> dict:
     """Counts, differential (% of classified cells), review count, flags and ``apl_score`` of rows
-    from :func:`classify_paths` (one patient / sample).
+    from :func:`classify_paths` (one patient / sample), after :func:`adapt_rows` if it ran (then
+    ``prior_adaptation`` is its report, copied into the summary).
 
-    ``apl_model``: see :func:`resolve_apl_model`."""
+    ``apl_model``: see :func:`resolve_apl_model`. The patient model scores the cells' own probabilities
+    (``raw_p_<label>`` after adaptation): that is what it was fitted on. An abnormal-cell flag is
+    raised when the cells alone or the adapted labels show that label."""
     ok = [r for r in rows if r.get("label")]
     failed = [r for r in rows if not r.get("label")]
     counts = Counter(r["label"] for r in ok)
@@ -1068,25 +1161,36 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     flags = []
     if failed:
         flags.append({"code": "unreadable", "message": f"{len(failed)} file(s) could not be read"})
+    alone = Counter(r.get("label_alone", r["label"]) for r in ok)
     for lab, code in (("blast", "blasts_present"), ("promyelocyte", "promyelocytes_present"),
                       ("variant_lymphocyte", "variant_lymphocytes_present")):
-        if counts.get(lab):
-            flags.append({"code": code, "message": f"{counts[lab]} {lab.replace('_', ' ')}(s) ({diff[lab]}%): review"})
+        if counts.get(lab) or alone.get(lab):
+            msg = f"{counts[lab]} {lab.replace('_', ' ')}(s) ({diff.get(lab, 0.0)}%)"
+            if alone.get(lab, 0) != counts.get(lab, 0):
+                msg += f", {alone[lab]} when each cell is taken alone"
+            flags.append({"code": code, "message": msg + ": review"})
     if diff.get("smudge_cell", 0.0) >= 10.0:
         flags.append({"code": "smudge_cells", "message": f"smudge cells {diff['smudge_cell']}% (>= 10%)"})
     n_review = sum(1 for r in ok if r.get("review"))
     model, how = resolve_apl_model(apl_model)
     if model is not None and ok:
-        probs = np.array([[float(r.get(f"p_{lab}") or 0.0) for lab in LABELS] for r in ok])
+        probs = np.array([[float(_raw(r, lab)) for lab in LABELS] for r in ok])
         score = apl_score_model(model, probs)
     else:
-        score = apl_score([r.get("p_promyelocyte") or 0.0 for r in ok], [r.get("p_blast") or 0.0 for r in ok])
+        score = apl_score([_raw(r, "promyelocyte") for r in ok], [_raw(r, "blast") for r in ok])
     if score >= 0.5 and ok:
         flags.append({"code": "apl_suspected", "message": f"apl_score {score:.2f}: APL pattern; "
                       "APL is an emergency, confirm with PML-RARA testing"})
     return {"files": len(rows), "classified": n, "unreadable": len(failed),
             "counts": {lab: counts[lab] for lab in LABELS if counts.get(lab)}, "differential_percent": diff,
-            "review": n_review, "flags": flags, "apl_score": score, "apl_rule": how}
+            "review": n_review, "flags": flags, "apl_score": score, "apl_rule": how,
+            **({"prior_adaptation": prior_adaptation} if prior_adaptation is not None else {})}
+
+
+def _raw(row: dict, lab: str) -> float:
+    """The cell's own probability of ``lab`` (before any call-level adaptation)."""
+    v = row.get(f"raw_p_{lab}", row.get(f"p_{lab}"))
+    return float(v or 0.0)
 
 
 # ====================================================================== evaluation
