@@ -14,7 +14,6 @@ from typing import List, Optional
 
 import typer
 
-from .cli import friendly
 
 CURATION_OUT = Path("curation")
 
@@ -88,6 +87,8 @@ def _timings(t: dict) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the curation commands to ``app`` (idempotent)."""
+    from .cli import friendly  # here, not at module level: bccdet.cli imports this module while it loads
+
     have = {c.name for c in app.registered_commands}
     if "curate" in have:
         return

@@ -464,7 +464,6 @@ def test_close_app_kills_a_stuck_app_server():
     kills only the `--51-service server` child."""
     import time
 
-    import bccdet.cli  # noqa: F401  (the CLI module first: cli_curate registers itself on it)
     from bccdet.cli_curate import _close_app
 
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--51-service", "server"])

@@ -139,3 +139,13 @@ def test_import_bccdet_is_light():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("first", ["bccdet.cli_curate", "bccdet.cli_batch", "bccdet.cli"])
+def test_cli_modules_import_in_any_order(first):
+    """Each CLI module imports on its own, before bccdet.cli (cli_curate once failed: a circular import)."""
+    code = (f"import {first}, bccdet.cli;"
+            "names={c.name or c.callback.__name__ for c in bccdet.cli.app.registered_commands};"
+            "assert {'analyze','classify','curate'} <= names, names")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
