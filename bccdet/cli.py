@@ -320,6 +320,40 @@ def train_detector(
     typer.echo(f"best weights: {best}")
 
 
+def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]]:
+    """(patient name, inputs) for ``classify --patients MODE``: ``call`` one patient; ``path`` one per
+    PATH; ``folder`` one per first-level sub-folder of each folder PATH (images directly in it and files
+    given directly form their own patient, named after the folder)."""
+    from .io import IMAGE_SUFFIXES
+
+    def has_images(d: Path) -> bool:
+        return any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in d.rglob("*"))
+
+    if mode == "call":
+        name = paths[0].name if len(paths) == 1 else "call"
+        return [(name or "call", list(paths))]
+    groups: dict[str, list[Path]] = {}
+
+    def add(name: str, item: Path) -> None:
+        key, k = name or "patient", 2
+        while key in groups and mode == "path":
+            key, k = f"{name}-{k}", k + 1
+        groups.setdefault(key, []).append(item)
+
+    for p in paths:
+        if mode == "path" or p.is_file():
+            add(p.name if mode == "path" else p.parent.name, p)
+            continue
+        loose = [f for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        if loose:
+            groups.setdefault(p.name or "patient", []).extend(loose)
+        for d in sorted(x for x in p.iterdir() if x.is_dir()):
+            if has_images(d):
+                key = d.name if d.name not in groups else f"{p.name}/{d.name}"
+                groups.setdefault(key, []).append(d)
+    return list(groups.items())
+
+
 @app.command()
 @friendly
 def classify(
@@ -328,9 +362,13 @@ def classify(
     classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     batch: int = typer.Option(32, help="Crops per forward pass."),
+    patients: str = typer.Option("call", "--patients",
+                                 help="Who is one patient: 'call' (everything given), 'path' (each PATH), 'folder' (each "
+                                      "sub-folder of a PATH, e.g. a folder of CellaVision exports). Several patients: "
+                                      "OUT/patients.csv and one summary per patient."),
     adapt: bool = typer.Option(True, "--adapt/--no-adapt",
-                               help="Treat the call as one patient: re-estimate its class mix (EM) and relabel the cells "
-                                    "with it (calls of 20+ cells; see docs/models.md)."),
+                               help="Re-estimate each patient's class mix (EM) and relabel the cells with it (patients "
+                                    "of 20+ cells; see docs/models.md)."),
 ):
     """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...) and OUT/summary.json."""
     import csv
@@ -341,6 +379,8 @@ def classify(
     from .vocab import LABELS
     from .weights import resolve
 
+    if patients not in ("call", "path", "folder"):
+        raise InputError(f"--patients {patients!r}: choose call, path or folder")
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(f"{missing[0]}: no such file or folder")
@@ -348,37 +388,61 @@ def classify(
         1 for p in paths if p.is_dir() for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if n_img == 0:
         raise InputError(f"no image files in {', '.join(map(str, paths))}")
+    groups = _patient_groups(list(paths), patients)
     w, name, sha = resolve(classifier, "classifier")
     from .adapters.classifier import CellClassifier, adapt_rows, classify_paths, summary
 
     clf = CellClassifier(w, device=device, name=name, sha256=sha)
-    rows = classify_paths(paths, clf, batch_size=batch, device=device)
-    adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
     buf = io.StringIO()
     wr = csv.writer(buf)
-    wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone"])
-    for r in rows:
-        score = "" if r["label_score"] is None else f"{r['label_score']:.4f}"
-        wr.writerow([r["file"], r["label"], score, int(bool(r["review"])), r["reason"],
-                     *("" if r[f"p_{k}"] is None else f"{r[f'p_{k}']:.4f}" for k in LABELS),
-                     r.get("label_alone", r["label"])])
-    summ = summary(rows, prior_adaptation=adaptation)
-    summ["model"] = {"name": name, "sha256": sha}
+    wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone", "patient"])
+    summaries: dict[str, dict] = {}
+    unreadable = 0
+    for patient, inputs in groups:
+        rows = classify_paths(inputs, clf, batch_size=batch, device=device)
+        adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
+        for r in rows:
+            score = "" if r["label_score"] is None else f"{r['label_score']:.4f}"
+            wr.writerow([r["file"], r["label"], score, int(bool(r["review"])), r["reason"],
+                         *("" if r[f"p_{k}"] is None else f"{r[f'p_{k}']:.4f}" for k in LABELS),
+                         r.get("label_alone", r["label"]), patient])
+            if r["reason"]:
+                _err(r["reason"])
+        summ = summary(rows, prior_adaptation=adaptation)
+        summ["patient"] = patient
+        summaries[patient] = summ
+        unreadable += summ["unreadable"]
+        diff = ", ".join(f"{k} {v}%" for k, v in summ["differential_percent"].items())
+        who = f"{patient}: " if len(groups) > 1 else ""
+        typer.echo(f"{who}{summ['classified']} cells classified ({summ['review']} to review), {summ['unreadable']} "
+                   f"unreadable; apl_score {summ['apl_score']:.2f}; {diff}")
+        pa = summ.get("prior_adaptation") or {}
+        if pa.get("applied"):
+            typer.echo(f"{who}call-level prior adaptation: {pa['labels_changed']} label(s) changed (column label_alone "
+                       "keeps each cell's own label; --no-adapt turns it off)")
+        for f in summ["flags"]:
+            typer.echo(f"{who}flag {f['code']}: {f['message']}")
+    model = {"name": name, "sha256": sha}
+    if len(groups) == 1:
+        doc = dict(next(iter(summaries.values())), model=model)
+    else:
+        doc = {"patients": summaries, "grouping": patients, "model": model,
+               "files": sum(s["files"] for s in summaries.values()),
+               "classified": sum(s["classified"] for s in summaries.values()), "unreadable": unreadable}
+        pbuf = io.StringIO()
+        pw = csv.writer(pbuf)
+        pw.writerow(["patient", "files", "classified", "unreadable", "review", "apl_score", "flags",
+                     *(f"pct_{k}" for k in LABELS)])
+        for pt, s_ in summaries.items():
+            pw.writerow([pt, s_["files"], s_["classified"], s_["unreadable"], s_["review"], f"{s_['apl_score']:.4f}",
+                         ";".join(f["code"] for f in s_["flags"]),
+                         *(s_["differential_percent"].get(k, 0.0) for k in LABELS)])
+        write_text_atomic(out / "patients.csv", pbuf.getvalue())
     write_text_atomic(out / "cells.csv", buf.getvalue())
-    write_text_atomic(out / "summary.json", json.dumps(summ, indent=2))
-    for r in rows:
-        if r["reason"]:
-            _err(r["reason"])
-    diff = ", ".join(f"{k} {v}%" for k, v in summ["differential_percent"].items())
-    typer.echo(f"{summ['classified']} cells classified ({summ['review']} to review), {summ['unreadable']} unreadable; "
-               f"apl_score {summ['apl_score']:.2f}; {diff}")
-    if adaptation and adaptation["applied"]:
-        typer.echo(f"call-level prior adaptation: {adaptation['labels_changed']} label(s) changed (column label_alone "
-                   "keeps each cell's own label; --no-adapt turns it off)")
-    for f in summ["flags"]:
-        typer.echo(f"flag {f['code']}: {f['message']}")
-    typer.echo(f"wrote {out / 'cells.csv'} and {out / 'summary.json'}")
-    if summ["unreadable"]:
+    write_text_atomic(out / "summary.json", json.dumps(doc, indent=2))
+    extra = f", {out / 'patients.csv'} ({len(groups)} patients)" if len(groups) > 1 else ""
+    typer.echo(f"wrote {out / 'cells.csv'} and {out / 'summary.json'}{extra}")
+    if unreadable:
         raise typer.Exit(1)
 
 

@@ -45,6 +45,33 @@ def test_train_evaluate_classify_cli(tmp_path, cli):
     s = json.loads((out / "summary.json").read_text())
     assert s["classified"] == 5 and 0.0 <= s["apl_score"] <= 1.0
     assert abs(sum(s["differential_percent"].values()) - 100) < 0.5
+    assert {r["patient"] for r in rows} == {"export"} and s["patient"] == "export"
+    assert not (out / "patients.csv").exists()
+
+    # a folder of patient exports: one summary per patient (each PATH's sub-folders, CellaVision class folders inside)
+    root = tmp_path / "exports"
+    test_imgs = sorted((data / "test").rglob("*.png"))
+    for i, pat in enumerate(("Patient_A", "Patient_B")):
+        for j, p in enumerate(test_imgs[i * 3:i * 3 + 3]):
+            d = root / pat / ("Lymphocyte" if j % 2 else "Blast, no lineage spec")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / p.name).write_bytes(p.read_bytes())
+    r = cli("classify", root, "--patients", "folder", "--out", tmp_path / "o2", "--classifier", ck)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Patient_A: 3 cells classified" in r.stdout and "Patient_B: 3 cells classified" in r.stdout
+    rows = list(csv.DictReader(open(tmp_path / "o2/cells.csv")))
+    assert sorted((r["patient"], r["path"].split("/")[-3]) for r in rows) == sorted(
+        [("Patient_A", "Patient_A")] * 3 + [("Patient_B", "Patient_B")] * 3)
+    pts = list(csv.DictReader(open(tmp_path / "o2/patients.csv")))
+    assert [p["patient"] for p in pts] == ["Patient_A", "Patient_B"] and all(p["classified"] == "3" for p in pts)
+    s2 = json.loads((tmp_path / "o2/summary.json").read_text())
+    assert set(s2["patients"]) == {"Patient_A", "Patient_B"} and s2["classified"] == 6
+    assert all(0.0 <= v["apl_score"] <= 1.0 for v in s2["patients"].values())
+    # each PATH one patient
+    r = cli("classify", root / "Patient_A", root / "Patient_B", "--patients", "path", "--out", tmp_path / "o3", "--classifier", ck)
+    assert r.returncode == 0 and len(list(csv.DictReader(open(tmp_path / "o3/patients.csv")))) == 2
+    r = cli("classify", root, "--patients", "slide", "--out", tmp_path / "o4", "--classifier", ck)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --patients") and "Traceback" not in r.stderr
 
 
 def test_classify_empty_folder_is_a_clear_error(tmp_path, cli):
