@@ -567,17 +567,15 @@ class Worker:
     def _cellavision(self, t: dict) -> dict:
         """A CellaVision-style export (single-cell images of one patient): the classifier's ``classify_paths``
         and its patient ``summary`` (with ``apl_score``)."""
-        from .adapters.classifier import adapt_rows, classify_paths
+        from .adapters.classifier import classify_paths
         from .adapters.classifier import summary as patient_summary
         from .vocab import LABELS
 
-        clf = self._classifier()
-        rows = classify_paths([f["path"] for f in t["fields"]], clf, device=self.cfg["device"])
-        adaptation = adapt_rows(rows, clf.prior, clf.threshold)  # one export = one patient, as in `classify`
+        rows = classify_paths([f["path"] for f in t["fields"]], self._classifier(), device=self.cfg["device"])
         buf = io.StringIO()
         w = csv.writer(buf)
         pcols = [f"p_{lab}" for lab in LABELS]
-        w.writerow(["name", "path", "given_class", "label", "label_score", "review", *pcols, "label_alone"])
+        w.writerow(["name", "path", "given_class", "label", "label_score", "review", *pcols])
         counts = {"rbc": 0, "wbc": 0, "platelet": 0}
         labels, failed = [], {}
         for f, r in zip(t["fields"], rows):
@@ -591,15 +589,14 @@ class Worker:
                 labels.append(lab)
             sc = r.get("label_score")
             w.writerow([f["name"], f["path"], f.get("given_class") or "", lab, "" if sc is None else f"{float(sc):.4f}",
-                        int(bool(r.get("review"))), *("" if r.get(c) is None else f"{float(r[c]):.4f}" for c in pcols),
-                        r.get("label_alone", lab)])
+                        int(bool(r.get("review"))), *("" if r.get(c) is None else f"{float(r[c]):.4f}" for c in pcols)])
         text = buf.getvalue()
         files = None
         if t["write"]:
             write_text_atomic(t["dest"], text)
         else:
             files = {"cells.csv": text.encode("utf-8")}
-        ps = patient_summary(rows, prior_adaptation=adaptation)
+        ps = patient_summary(rows)
         return {"status": "done", "counts": counts, WBC_LABELS_KEY: labels, "apl_score": ps.get("apl_score"),
                 "patient_summary": ps, "failed": failed, "files": files}
 

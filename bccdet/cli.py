@@ -366,9 +366,10 @@ def classify(
                                  help="Who is one patient: 'call' (everything given), 'path' (each PATH), 'folder' (each "
                                       "sub-folder of a PATH, e.g. a folder of CellaVision exports). Several patients: "
                                       "OUT/patients.csv and one summary per patient."),
-    adapt: bool = typer.Option(True, "--adapt/--no-adapt",
+    adapt: bool = typer.Option(False, "--adapt/--no-adapt",
                                help="Re-estimate each patient's class mix (EM) and relabel the cells with it (patients "
-                                    "of 20+ cells; see docs/models.md)."),
+                                    "of 20+ cells). Helps most on cells from a lab unlike the training data; rare labels "
+                                    "lose some sensitivity. See docs/models.md."),
 ):
     """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...) and OUT/summary.json."""
     import csv
@@ -419,7 +420,7 @@ def classify(
         pa = summ.get("prior_adaptation") or {}
         if pa.get("applied"):
             typer.echo(f"{who}call-level prior adaptation: {pa['labels_changed']} label(s) changed (column label_alone "
-                       "keeps each cell's own label; --no-adapt turns it off)")
+                       "keeps each cell's own label)")
         for f in summ["flags"]:
             typer.echo(f"{who}flag {f['code']}: {f['message']}")
     model = {"name": name, "sha256": sha}

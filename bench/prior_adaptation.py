@@ -1,22 +1,21 @@
-"""Call-level prior adaptation (``classify --adapt``, the default) measured on held-out sets.
+"""Call-level prior adaptation (``classify --adapt``) measured on held-out sets.
 
     .venv/bin/python bench/prior_adaptation.py [--weights NAME|FILE] [--threads N] [--cv runs/cv]
 
-``classify`` treats one call as one patient: :func:`bccdet.adapters.classifier.adapt_prior` re-estimates
-the call's class mix by EM (Saerens et al. 2002) and re-weights every cell's posterior with it. This
-prints, without and with that step, for several reference priors and ``alpha`` (pseudo-cells):
+With ``--adapt``, ``classify`` treats one call (or each ``--patients`` group) as one patient:
+:func:`bccdet.adapters.classifier.adapt_prior` re-estimates its class mix by EM (Saerens et al. 2002)
+and re-weights every cell's posterior with it. This prints, per set, the cells alone and several
+variants (weight bound, pseudo-cells, reference prior):
 
-* DeepAPL held-out patients (``data/deepapl-cls`` val + test; each patient is one call): cell
-  accuracy, blast recall / precision of the argmax, blast recall at precision >= 0.90 (threshold
-  on these cells: upper bound);
-* the same on the out-of-fold predictions of ``bench/deepapl_cv.py`` (73 patients, 160 px recipe;
-  test split of each fold) when ``--cv`` holds them;
-* wbc-seg (another lab, 100 normal cells, one call): accuracy and lymphocyte sensitivity;
-* PBC test split cut into random calls of 100 cells (seed 0): accuracy. PBC has no patient ids, so
-  these calls mix donors and have about the training mix: the case where adaptation has nothing to fix.
+* DeepAPL validation and test patients of the shipped model's split (``data/deepapl-cls``; each patient
+  one call). The variant shipped as ``--adapt`` was chosen on the validation patients;
+* the out-of-fold predictions of ``bench/deepapl_cv.py`` (160 px recipe, 5 folds; each fold's val and
+  test patients) when ``--cv`` holds them;
+* wbc-seg (another lab, 100 normal cells, one call);
+* PBC test split cut into random calls of 100 cells (seed 0). PBC has no patient ids, so these calls mix
+  donors and have about the training mix: the case where adaptation has nothing to fix.
 
-Probabilities are computed once per image with the shipped model; the adaptation itself costs
-microseconds per cell.
+Probabilities are computed once per image with the shipped model; the adaptation costs microseconds.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def _probs(clf, files, batch=64):
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 12))
 
 
-def _by_call(p, groups, prior, alpha):
+def _by_call(p, groups, prior, alpha, max_ratio=None):
     from bccdet.adapters.classifier import adapt_prior
 
     if alpha is None:
@@ -50,17 +49,23 @@ def _by_call(p, groups, prior, alpha):
     q = p.copy()
     for g in np.unique(groups):
         m = groups == g
-        q[m] = adapt_prior(p[m], prior, alpha)[0]
+        q[m] = adapt_prior(p[m], prior, alpha, max_ratio)[0]
     return q
 
 
-def _blast(q, y, ib):
+def _scores(q, y, groups, ib):
+    """accuracy, balanced accuracy (labels with >= 5 cells), differential error, blast R@P90."""
     from deepapl import recall_at_precision
 
     pred = q.argmax(1)
-    tp = np.sum((pred == ib) & (y == ib))
-    return (tp / max(1, np.sum(y == ib)), tp / max(1, np.sum(pred == ib)),
-            recall_at_precision(q[:, ib], y == ib, 0.90)[0])
+    k = q.shape[1]
+    bal = np.mean([np.mean(pred[y == c] == c) for c in range(k) if np.sum(y == c) >= 5])
+    err = []
+    for g in np.unique(groups):
+        m = groups == g
+        err.append(0.5 * np.abs(np.bincount(pred[m], minlength=k) - np.bincount(y[m], minlength=k)).sum() / m.sum())
+    r90 = recall_at_precision(q[:, ib], y == ib, 0.90)[0] if np.any(y == ib) else float("nan")
+    return float(np.mean(pred == y)), float(bal), float(np.mean(err)), float(r90)
 
 
 def main() -> None:
@@ -68,7 +73,6 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cv", default=str(REPO / "runs" / "cv"), help="folder with bench/deepapl_cv.py fold*/pred.npz")
-    ap.add_argument("--alphas", default="0,12", help="pseudo-cell counts to compare (comma-separated)")
     a = ap.parse_args()
     import torch
 
@@ -88,66 +92,55 @@ def main() -> None:
     n = np.array([float(ck.get("data", {}).get("train", {}).get(lab, 0)) for lab in LABELS])
     sampler = np.maximum(n, 1.0) ** bal
     priors = {"uniform (default)": reference_prior(ck), f"sampler n^{bal:g}": sampler / sampler.sum()}
-    ib, ily = LABELS.index("blast"), LABELS.index("lymphocyte")
+    ib = LABELS.index("blast")
     sets = {}
     apl = REPO / "data" / "deepapl-cls"
-    files = sorted(f for s in ("val", "test") for f in (apl / s).glob("*/*") if f.is_file())
-    if files:
-        sets["apl"] = (_probs(clf, files), np.array([LABELS.index(f.parent.name) for f in files]),
-                       np.array([f.name.split("__")[0] for f in files]))
+    for split in ("val", "test"):
+        files = sorted(f for f in (apl / split).glob("*/*") if f.is_file())
+        if files:
+            sets[f"DeepAPL {split} patients (288 px split)"] = (
+                _probs(clf, files), np.array([LABELS.index(f.parent.name) for f in files]),
+                np.array([f.name.split("__")[0] for f in files]))
     cv = sorted(Path(a.cv).glob("fold*/pred.npz"))
-    if cv:
-        zs = [np.load(f) for f in cv]
-        te = [z["split"] == "test" for z in zs]
-        sets["cv"] = (np.concatenate([z["probs"][t] for z, t in zip(zs, te)]).astype(np.float64),
-                      np.array([LABELS.index(v) for z, t in zip(zs, te) for v in z["label"][t]]),
-                      np.concatenate([z["group"][t] for z, t in zip(zs, te)]))
+    for split in ("val", "test") if cv else ():
+        zs = [(f.parent.name, np.load(f)) for f in cv]
+        te = [z["split"] == split for _, z in zs]
+        sets[f"DeepAPL CV {split} patients (160 px fold models)"] = (
+            np.concatenate([z["probs"][t] for (_, z), t in zip(zs, te)]).astype(np.float64),
+            np.array([LABELS.index(v) for (_, z), t in zip(zs, te) for v in z["label"][t]]),
+            np.concatenate([np.char.add(f"{n}/", z["group"][t]) for (n, z), t in zip(zs, te)]))
     root = dataset("wbc-seg")
     if root is not None:
         names = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
         rows = list(csv.DictReader(open(root / "labels.csv")))
         wf = [root / "images" / f"{int(r['image ID']):03d}.png" for r in rows]
-        sets["wbc"] = (_probs(clf, wf), np.array([LABELS.index(names[int(r["class"]) - 1]) for r in rows]),
-                       np.zeros(len(rows), int))
+        sets["wbc-seg (another lab, one call)"] = (
+            _probs(clf, wf), np.array([LABELS.index(names[int(r["class"]) - 1]) for r in rows]), np.zeros(len(rows), int))
     pbc = sorted(f for f in (REPO / "data" / "pbc-cls" / "test").glob("*/*") if f.is_file())
     if pbc:
         y = np.array([LABELS.index(f.parent.name) for f in pbc])
         order = np.random.default_rng(0).permutation(len(pbc))
         g = np.empty(len(pbc), int)
         g[order] = np.arange(len(pbc)) // 100
-        sets["pbc"] = (_probs(clf, pbc), y, g)
+        sets["PBC test, random calls of 100"] = (_probs(clf, pbc), y, g)
     print(f"machine: {machine()}")
     print(f"model: {name} ({sha[:12]})")
+    settings = [("cells alone (default)", None, None, None),
+                ("EM, weights within 3x (--adapt)", priors["uniform (default)"], 0.0, 3.0),
+                ("EM, weights within 2x", priors["uniform (default)"], 0.0, 2.0),
+                ("EM, unbounded", priors["uniform (default)"], 0.0, None),
+                ("EM, unbounded, alpha 12", priors["uniform (default)"], 12.0, None),
+                (f"EM, unbounded, sampler prior n^{bal:g}", priors[f"sampler n^{bal:g}"], 0.0, None)]
+    print("acc: cell accuracy; bal: mean sensitivity over labels with >= 5 cells; diff err: half L1 distance between "
+          "the counted and true differentials, mean over calls; R@P90: blast recall at precision >= 0.90 (threshold "
+          "on these cells)")
     for k, (p, y, g) in sets.items():
-        print(f"  {k}: {len(y)} cells, {len(np.unique(g))} call(s)")
-    head = ["reference prior", "alpha"]
-    if "apl" in sets:
-        head += ["DeepAPL held-out acc", "blast R", "blast P", "R@P90"]
-    if "cv" in sets:
-        head += ["CV out-of-fold acc", "R@P90"]
-    if "wbc" in sets:
-        head += ["wbc-seg acc", "lymph sens"]
-    if "pbc" in sets:
-        head += ["PBC test (calls of 100) acc"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    alphas = [None] + [float(x) for x in a.alphas.split(",") if x.strip()]
-    for pn, pr in priors.items():
-        for al in alphas:
-            if al is None and pn != next(iter(priors)):
-                continue
-            cells = ["none (cells alone)" if al is None else pn, "" if al is None else f"{al:g}"]
-            for k, (p, y, g) in sets.items():
-                q = _by_call(p, g, pr, al)
-                acc = float(np.mean(q.argmax(1) == y))
-                if k in ("apl", "cv"):
-                    r, pp, r90 = _blast(q, y, ib)
-                    cells += [f"{acc:.4f}", f"{r:.3f}", f"{pp:.3f}", f"{r90:.3f}"] if k == "apl" else [f"{acc:.4f}", f"{r90:.3f}"]
-                elif k == "wbc":
-                    cells += [f"{acc:.2f}", f"{np.mean(q.argmax(1)[y == ily] == ily):.2f}"]
-                else:
-                    cells += [f"{acc:.4f}"]
-            print("| " + " | ".join(cells) + " |")
+        print(f"\n{k}: {len(y)} cells, {len(np.unique(g))} call(s)")
+        print("| setting | acc | bal | diff err | blast R@P90 |")
+        print("|---|---|---|---|---|")
+        for label, pr, al, mr in settings:
+            acc, bacc, derr, r90 = _scores(_by_call(p, g, pr, al, mr), y, g, ib)
+            print(f"| {label} | {acc:.4f} | {bacc:.3f} | {derr:.3f} | {'' if np.isnan(r90) else f'{r90:.3f}'} |")
 
 
 if __name__ == "__main__":

@@ -316,7 +316,6 @@ class _FakeClassifier:
     """Stands in for adapters.classifier.CellClassifier: 'promyelocyte' for reddish crops, else 'lymphocyte'."""
 
     threshold = 0.5
-    prior = None  # adapt_rows: uniform reference prior (a 4-cell export is below its 20-cell minimum anyway)
 
     def __init__(self, checkpoint, device="cpu", name="", sha256=""):
         self.name, self.sha256 = name, sha256

@@ -405,6 +405,12 @@ def test_adapt_prior_recovers_a_label_shift_and_types_more_cells_right():
     assert np.abs(pi_big - 1 / 3).max() < np.abs(pi_0 - 1 / 3).max()
     z = np.vstack([small, np.zeros(3)])
     assert C.adapt_prior(z)[0][-1].sum() == 0.0
+    # a weight bound: no label's weight moves more than max_ratio either way (so at most max_ratio**2 between labels)
+    qb, pib, _ = C.adapt_prior(p, max_ratio=1.5)
+    np.testing.assert_allclose(pib, pi)  # the estimate itself is not bounded
+    w = (qb / p)[0]
+    assert w.max() / w.min() == pytest.approx(1.5 ** 2, rel=1e-6)  # 0.75 * 3 and 0.05 * 3 hit the bound
+    assert (qb.argmax(1) == y).mean() > (p.argmax(1) == y).mean()
 
 
 def _rows(p):

@@ -115,9 +115,9 @@ def test_shipped_apl_model_orders_real_deepapl_patients(data_root):
 
 
 def test_call_level_prior_adaptation_helps_on_another_labs_normal_cells(data_root, tmp_path, cli):
-    """`classify` on wbc-seg (100 normal cells from a lab the classifier never saw, one call): the EM
-    re-estimate of the call's class mix (the default) types more cells right than the cells taken alone
-    (bench/prior_adaptation.py: 0.63 -> 0.75), keeps each cell's own label in `label_alone`, and only adds
+    """`classify --adapt` on wbc-seg (100 normal cells from a lab the classifier never saw, one call): the
+    EM re-estimate of the call's class mix types more cells right than the cells taken alone (the default;
+    bench/prior_adaptation.py: 0.63 -> 0.74), keeps each cell's own label in `label_alone`, and only adds
     to the review list."""
     import csv
     import json
