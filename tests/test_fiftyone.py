@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bccdet.vocab import LABELS
 from tests.conftest import REPO, run_cli
 
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
@@ -365,7 +366,7 @@ def test_curate_cls_cli(ds_name, pbc_cls, tiny_detector, tmp_path):
 
 # ---------------------------------------------------------------------- plugin operators through the SDK
 @pytest.mark.slow
-def test_plugin_operators(ds_name, bccd_yolo, tiny_detector, tmp_path, monkeypatch):
+def test_plugin_operators(ds_name, bccd_yolo, pbc_cls, tiny_detector, tmp_path, monkeypatch):
     import fiftyone.operators as foo
 
     from bccdet.adapters import fiftyone as bf
@@ -376,7 +377,8 @@ def test_plugin_operators(ds_name, bccd_yolo, tiny_detector, tmp_path, monkeypat
     assert (plugins / "bccdet/fiftyone.yml").is_file()
     monkeypatch.setattr(fo.config, "plugins_dir", str(plugins))
     uris = {o.uri for o in foo.list_operators(builtin=False)}
-    assert {"@bccdet/bccdet/run_detector", "@bccdet/bccdet/find_label_mistakes", "@bccdet/bccdet/export_yolo"} <= uris
+    assert {"@bccdet/bccdet/run_detector", "@bccdet/bccdet/classify_cells", "@bccdet/bccdet/find_label_mistakes",
+            "@bccdet/bccdet/export_yolo"} <= uris
 
     ds, _ = bf.build_detection_dataset(bccd_yolo, ds_name(), splits=["train"], log=lambda m: None)
     sel = ds.take(2, seed=0).values("id")
@@ -392,6 +394,21 @@ def test_plugin_operators(ds_name, bccd_yolo, tiny_detector, tmp_path, monkeypat
     res = foo.execute_operator("@bccdet/bccdet/export_yolo", ctx={
         "dataset": ds.name, "params": {"out": str(tmp_path / "y"), "task": "detect"}})
     assert res.result["images"] == 6 and (tmp_path / "y/data.yaml").exists()
+    # the shipped classifier on the ground-truth WBC boxes of the selected fields ...
+    res = foo.execute_operator("@bccdet/bccdet/classify_cells", ctx={
+        "dataset": ds.name, "selected": sel, "params": {"det_field": "ground_truth", "view_target": "SELECTED_SAMPLES"}})
+    wbc = [d for s in ds.select(sel) for d in s.ground_truth.detections if d.label == "wbc"]
+    assert res.result["typed"] == len(wbc) >= 2
+    assert all(d["cell_type"] in LABELS and 0 < d["cell_type_score"] <= 1 for d in wbc)
+    assert ds.info["bccdet"]["classifier"]["name"] == res.result["classifier"]
+    # ... and on single-cell images: real PBC cells (4 classes x 7), typed as their folders say
+    cls, _ = bf.build_classification_dataset(pbc_cls, ds_name(), log=lambda m: None)
+    res = foo.execute_operator("@bccdet/bccdet/classify_cells", ctx={"dataset": cls.name, "params": {}})
+    assert res.result["typed"] == len(cls) == 29
+    pred, gt = cls.values("bccdet_cell_type.label"), cls.values("ground_truth.label")
+    assert np.mean([p == g for p, g in zip(pred, gt)]) >= 0.85, list(zip(pred, gt))
+    with pytest.raises(Exception, match="no field 'nope'"):
+        foo.execute_operator("@bccdet/bccdet/classify_cells", ctx={"dataset": cls.name, "params": {"det_field": "nope"}})
 
 
 # ---------------------------------------------------------------------- the App

@@ -445,6 +445,76 @@ def predict_detections(samples, detector, field_name: str = PRED_FIELD, embeddin
     return n
 
 
+CELL_TYPE_FIELD = "bccdet_cell_type"
+
+
+def load_classifier(classifier: str | None, device: str = "cpu"):
+    from ..weights import resolve
+    from .classifier import CellClassifier
+
+    weights, name, sha = resolve(classifier, "classifier")
+    return CellClassifier(weights, name=name, sha256=sha, device=device)
+
+
+def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det_field: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+    """Type cells with the leukocyte classifier; returns how many cells were typed.
+
+    Without ``det_field`` each sample is one single-cell image (a CellaVision export, PBC): it gets
+    ``field_name`` = ``fo.Classification(label, confidence, logits=log p)`` plus ``review``. With
+    ``det_field`` every white-cell detection of that field (label ``wbc`` or a WBC synonym) is cropped as
+    ``analyze`` does and gets the attributes ``cell_type``, ``cell_type_score`` and ``review``, the
+    attributes ``analyze`` reports carry too.
+    """
+    from ..io import read_image
+    from ..types import normalize_kind
+    from ..vocab import LABELS
+    from .classifier import assign_labels, border_color
+
+    fo = _fo()
+    n, done, total = 0, 0, len(samples)
+    fields = ["metadata"] + ([det_field] if det_field else [])
+    for sample in samples.select_fields(fields).iter_samples(autosave=True, batch_size=32):
+        img = read_image(sample.filepath)
+        if det_field is None:
+            p = classifier.predict_crops([classifier.crop_single(img)])
+            labels, score, review = assign_labels(p, None, classifier.threshold)
+            sample[field_name] = fo.Classification(label=labels[0], confidence=float(score[0]),
+                                                   logits=np.log(np.maximum(p[0], 1e-8)).tolist())
+            sample[field_name]["review"] = bool(review[0])
+            n += 1
+        else:
+            dets = sample[det_field]
+            wbc = []
+            for d in (dets.detections if dets is not None else []):
+                try:
+                    kind = normalize_kind(d.label)
+                except ValueError:
+                    continue
+                if kind == "wbc":
+                    wbc.append(d)
+            if wbc:
+                h, w = img.shape[:2]
+                fill = border_color(img)
+                crops = [classifier.crop(img, (d.bounding_box[0] * w, d.bounding_box[1] * h,
+                                               (d.bounding_box[0] + d.bounding_box[2]) * w,
+                                               (d.bounding_box[1] + d.bounding_box[3]) * h), fill=fill) for d in wbc]
+                p = classifier.predict_crops(crops)
+                labels, score, review = assign_labels(p, ["wbc"] * len(wbc), classifier.threshold)
+                for d, lab, sc, rv in zip(wbc, labels, score, review):
+                    d["cell_type"], d["cell_type_score"], d["review"] = lab, float(sc), bool(rv)
+                sample[det_field] = dets
+                n += len(wbc)
+        done += 1
+        if progress:
+            progress(done, total)
+    info = dict(samples._dataset.info.get(INFO_KEY, {}))
+    info["classifier"] = {"name": classifier.name, "sha256": classifier.sha256, "labels": list(LABELS)}
+    samples._dataset.info[INFO_KEY] = info
+    samples._dataset.save()
+    return n
+
+
 def read_reports(pred_dir: Path) -> list[tuple[Path, dict]]:
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():

@@ -1,7 +1,9 @@
-"""bccdet's FiftyOne plugin: three operators over the App's current view / selection.
+"""bccdet's FiftyOne plugin: four operators over the App's current view / selection.
 
 * ``@bccdet/bccdet/run_detector``: run the bccdet detector on the target samples -> ``predictions`` (boxes,
   masks, scores) and the detector-backbone embedding ``bccdet_embedding``;
+* ``@bccdet/bccdet/classify_cells``: the leukocyte classifier on single-cell samples (``bccdet_cell_type``
+  classification) or on the WBC detections of a field (``cell_type``, ``cell_type_score``, ``review``);
 * ``@bccdet/bccdet/find_label_mistakes``: ``evaluate_detections``, fiftyone.brain mistakenness / hardness /
   uniqueness and bccdet's tagging rule (``possible_missing``, ``possible_spurious``, ...), optional CSV;
 * ``@bccdet/bccdet/export_yolo``: the target samples' labels (corrected by the review tags ``accept`` /
@@ -71,6 +73,44 @@ class RunDetector(foo.Operator):
         outputs.str("detector", label="Detector")
         return types.Property(outputs)
 
+
+
+class ClassifyCells(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="classify_cells",
+            label="bccdet: type the white cells",
+            description="Run bccdet's leukocyte classifier on single-cell samples or on the WBC detections of a field",
+            dynamic=False,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _target(inputs, ctx, "Type the cells of")
+        inputs.str("classifier", label="Classifier", description="Registered name or .pt file (empty: the default)")
+        inputs.str("det_field", label="Detections field",
+                   description="Type the WBC detections of this field (e.g. predictions); empty: each sample is one cell")
+        inputs.str("field", label="Classification field (single-cell samples)", default="bccdet_cell_type")
+        inputs.str("device", label="Device", default="cpu")
+        return types.Property(inputs, view=types.View(label="bccdet: type the white cells"))
+
+    def execute(self, ctx):
+        bf = _bccdet()
+        view = ctx.target_view()
+        det_field = ctx.params.get("det_field") or None
+        if det_field and det_field not in view.get_field_schema():
+            raise ValueError(f"no field {det_field!r} on this dataset")
+        clf = bf.load_classifier(ctx.params.get("classifier") or None, device=ctx.params.get("device") or "cpu")
+        n = bf.classify_samples(view, clf, field_name=ctx.params.get("field") or bf.CELL_TYPE_FIELD, det_field=det_field)
+        ctx.trigger("reload_dataset")
+        return {"typed": n, "classifier": clf.name}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("typed", label="Cells typed")
+        outputs.str("classifier", label="Classifier")
+        return types.Property(outputs)
 
 class FindLabelMistakes(foo.Operator):
     @property
@@ -152,5 +192,6 @@ class ExportYolo(foo.Operator):
 
 def register(p):
     p.register(RunDetector)
+    p.register(ClassifyCells)
     p.register(FindLabelMistakes)
     p.register(ExportYolo)
