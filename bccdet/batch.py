@@ -206,15 +206,9 @@ def _expand(inp: str) -> list[dict]:
 
 
 def _class_folder(name: str) -> bool:
-    from .vocab import CELLAVISION, normalize_label
+    from .vocab import is_class_folder
 
-    if " ".join(name.strip().lower().split()) in CELLAVISION:
-        return True
-    try:
-        normalize_label(name)
-        return True
-    except KeyError:
-        return False
+    return is_class_folder(name)
 
 
 def _expand_dir(p: Path) -> list[dict]:

@@ -323,8 +323,10 @@ def train_detector(
 def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]]:
     """(patient name, inputs) for ``classify --patients MODE``: ``call`` one patient; ``path`` one per
     PATH; ``folder`` one per first-level sub-folder of each folder PATH (images directly in it and files
-    given directly form their own patient, named after the folder)."""
+    given directly form their own patient, named after the folder). A folder PATH whose sub-folders are
+    all cell classes (``Lymphocyte/``, ``Blast, no lineage spec/``: one patient's export) is one patient."""
     from .io import IMAGE_SUFFIXES
+    from .vocab import is_class_folder
 
     def has_images(d: Path) -> bool:
         return any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in d.rglob("*"))
@@ -343,6 +345,10 @@ def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]
     for p in paths:
         if mode == "path" or p.is_file():
             add(p.name if mode == "path" else p.parent.name, p)
+            continue
+        subdirs = [x for x in p.iterdir() if x.is_dir()]
+        if subdirs and all(is_class_folder(x.name) for x in subdirs):
+            groups.setdefault(p.name or "patient", []).append(p)
             continue
         loose = [f for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
         if loose:

@@ -89,3 +89,15 @@ def normalize_label(name: str) -> str:
     if got:
         return got[0]
     raise KeyError(name)
+
+
+def is_class_folder(name: str) -> bool:
+    """Whether a folder name is a cell class (a CellaVision class or any name :func:`normalize_label` maps):
+    the sub-folders of one patient's single-cell export."""
+    if " ".join(name.strip().lower().split()) in CELLAVISION:
+        return True
+    try:
+        normalize_label(name)
+        return True
+    except KeyError:
+        return False

@@ -67,6 +67,10 @@ def test_train_evaluate_classify_cli(tmp_path, cli):
     s2 = json.loads((tmp_path / "o2/summary.json").read_text())
     assert set(s2["patients"]) == {"Patient_A", "Patient_B"} and s2["classified"] == 6
     assert all(0.0 <= v["apl_score"] <= 1.0 for v in s2["patients"].values())
+    # one patient's export (class sub-folders) given with --patients folder stays one patient
+    r = cli("classify", root / "Patient_A", "--patients", "folder", "--out", tmp_path / "o5", "--classifier", ck)
+    assert r.returncode == 0 and not (tmp_path / "o5/patients.csv").exists()
+    assert json.loads((tmp_path / "o5/summary.json").read_text())["patient"] == "Patient_A"
     # each PATH one patient
     r = cli("classify", root / "Patient_A", root / "Patient_B", "--patients", "path", "--out", tmp_path / "o3", "--classifier", ck)
     assert r.returncode == 0 and len(list(csv.DictReader(open(tmp_path / "o3/patients.csv")))) == 2
