@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .io import IMAGE_SUFFIXES, InputError, array_to_rgb8, atomic_dir, image_size, sha256_file, write_bytes_atomic, write_text_atomic
+from .io import IMAGE_SUFFIXES, InputError, array_to_rgb8, atomic_dir, image_size, public_mode, sha256_file, write_bytes_atomic, write_text_atomic
 
 FORMAT = "bccdet-batch/1"
 MANIFEST = "manifest.json"
@@ -1137,6 +1137,7 @@ class Batch:
         wbc_boxes = []
         fd, tmp = tempfile.mkstemp(prefix=".cells.csv.", suffix=".tmp", dir=d)
         try:
+            public_mode(fd)
             with os.fdopen(fd, "w", newline="") as fo:
                 w = csv.writer(fo)
                 w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review"])
@@ -1477,6 +1478,7 @@ def write_aggregates(out: Path, slides: list[dict]) -> None:
         df[c] = df[c].astype("string")
     write_text_atomic(out / "slides.csv", df.to_csv(index=False, lineterminator="\n"))
     fd, tmp = tempfile.mkstemp(prefix=".slides.parquet.", suffix=".tmp", dir=out)
+    public_mode(fd)
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)

@@ -364,7 +364,7 @@ def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]
 @friendly
 def classify(
     paths: List[Path] = typer.Argument(..., help="Single-cell images or folders (searched recursively), e.g. a CellaVision export."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: cells.csv and summary.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: cells.csv, summary.json, report.html."),
     classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     batch: int = typer.Option(32, help="Crops per forward pass."),
@@ -377,7 +377,8 @@ def classify(
                                     "of 20+ cells). Helps most on cells from a lab unlike the training data; rare labels "
                                     "lose some sensitivity. See docs/models.md."),
 ):
-    """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...) and OUT/summary.json."""
+    """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...), OUT/summary.json and
+    OUT/report.html (flags, differential, a gallery per label with the cells to review first)."""
     import csv
     import io
     import json
@@ -404,9 +405,11 @@ def classify(
     wr = csv.writer(buf)
     wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone", "patient"])
     summaries: dict[str, dict] = {}
+    pages = []
     unreadable = 0
     for patient, inputs in groups:
         rows = classify_paths(inputs, clf, batch_size=batch, device=device)
+        pages.append((patient, rows))
         adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
         for r in rows:
             score = "" if r["label_score"] is None else f"{r['label_score']:.4f}"
@@ -445,10 +448,13 @@ def classify(
                          ";".join(f["code"] for f in s_["flags"]),
                          *(s_["differential_percent"].get(k, 0.0) for k in LABELS)])
         write_text_atomic(out / "patients.csv", pbuf.getvalue())
+    from .report import classify_html
+
     write_text_atomic(out / "cells.csv", buf.getvalue())
     write_text_atomic(out / "summary.json", json.dumps(doc, indent=2))
+    write_text_atomic(out / "report.html", classify_html([(pt, summaries[pt], rows) for pt, rows in pages], model))
     extra = f", {out / 'patients.csv'} ({len(groups)} patients)" if len(groups) > 1 else ""
-    typer.echo(f"wrote {out / 'cells.csv'} and {out / 'summary.json'}{extra}")
+    typer.echo(f"wrote {out / 'cells.csv'}, {out / 'summary.json'} and {out / 'report.html'}{extra}")
     if unreadable:
         raise typer.Exit(1)
 

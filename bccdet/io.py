@@ -192,11 +192,31 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def _read_umask() -> int:
+    m = os.umask(0o022)  # once, at import (single-threaded): os.umask can only be read by setting it
+    os.umask(m)
+    return m
+
+
+_UMASK = _read_umask()
+
+
+def public_mode(path_or_fd: str | Path | int, directory: bool = False) -> None:
+    """Give a temporary file (0600) or folder (0700) the mode a plain ``open`` / ``mkdir`` would have
+    (0666 / 0777 less the umask), so that outputs written atomically are readable like any other file."""
+    mode = (0o777 if directory else 0o666) & ~_UMASK
+    if isinstance(path_or_fd, int):
+        os.fchmod(path_or_fd, mode)
+    else:
+        os.chmod(path_or_fd, mode)
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        public_mode(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -218,6 +238,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
+        public_mode(tmp, directory=True)
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

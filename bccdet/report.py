@@ -255,3 +255,82 @@ def geojson_document(cells: Cells) -> dict:
 
 def _rgb(hexcol: str) -> list[int]:
     return [int(hexcol[i : i + 2], 16) for i in (1, 3, 5)]
+
+
+# ---------------------------------------------------------------------- classify: one page per call
+GALLERY_PER_LABEL = 48  # thumbnails per label and patient; every review cell is shown
+
+
+def _thumb_b64(path: str, height: int = 96) -> str | None:
+    from PIL import Image
+
+    from .io import InputError, read_image
+
+    try:
+        img = Image.fromarray(read_image(path))
+    except (InputError, OSError, ValueError):
+        return None
+    img.thumbnail((height * 2, height))
+    return _jpeg_b64(np.asarray(img))
+
+
+def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
+                  per_label: int = GALLERY_PER_LABEL) -> str:
+    """A self-contained page for ``classify``: per patient the flags, the differential (with adult
+    reference intervals), unreadable files, and a gallery per label (review cells first, red border;
+    a caption gives file name, score and, after ``--adapt``, the label the cell had alone)."""
+    e = html.escape
+    parts = []
+    for patient, s, rows in patients:
+        flags = "".join(f"<li><b>{e(f['code'])}</b>: {e(f['message'])}</li>" for f in s["flags"]) or "<li>none</li>"
+        drows = "".join(f"<tr><td>{e(k)}</td><td>{s['counts'].get(k, 0)}</td><td>{v}%</td><td>{_ri(k)}</td></tr>"
+                        for k, v in s["differential_percent"].items()) or "<tr><td colspan=4>no classified cells</td></tr>"
+        bad = [r for r in rows if not r.get("label")]
+        badl = "".join(f"<li>{e(Path(r['file']).name)}: {e(r.get('reason') or '')}</li>" for r in bad)
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            if r.get("label"):
+                groups.setdefault(r["label"], []).append(r)
+        gal = []
+        for lab in [x for x in LABELS if x in groups]:
+            items = sorted(groups[lab], key=lambda r: (not r.get("review"), float(r.get("label_score") or 0.0)))
+            shown = [r for r in items if r.get("review")]
+            shown += [r for r in items if not r.get("review")][:max(0, per_label - len(shown))]
+            figs = []
+            for r in shown:
+                b64 = _thumb_b64(r["file"])
+                if b64 is None:
+                    continue
+                alone = r.get("label_alone")
+                cap = f"{e(Path(r['file']).name)} {float(r.get('label_score') or 0):.2f}"
+                if alone and alone != r["label"]:
+                    cap += f"<br>alone: {e(alone)}"
+                figs.append(f"<figure class='{'review' if r.get('review') else ''}'><img src='data:image/jpeg;base64,{b64}' "
+                            f"alt='{e(Path(r['file']).name)}'><figcaption>{cap}</figcaption></figure>")
+            more = len(items) - len(shown)
+            note = f"<p class='note'>{more} more not shown (cells.csv lists all)</p>" if more > 0 else ""
+            gal.append(f"<h3>{e(lab)} ({len(items)}, {sum(1 for r in items if r.get('review'))} to review)</h3>"
+                       f"<div class='gallery'>{''.join(figs)}</div>{note}")
+        ap = s.get("apl_score")
+        parts.append(f"""<section><h2>{e(patient)}</h2>
+<p>{s['classified']} cells classified, {s['review']} to review, {s['unreadable']} unreadable; apl_score
+{'' if ap is None else f'{ap:.2f}'} <span class="note">({e(str(s.get('apl_rule', '')))})</span></p>
+<h3>Flags</h3><ul>{flags}</ul>
+<h3>Differential</h3><table><tr><th>label</th><th>cells</th><th>percent</th><th>adult reference</th></tr>{drows}</table>
+{f'<h3>Unreadable files</h3><ul>{badl}</ul>' if bad else ''}
+<h3>Gallery</h3>{''.join(gal) or '<p>no classified cells</p>'}</section>""")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bccdet classify</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}}
+table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}
+.gallery{{display:flex;flex-wrap:wrap;gap:.5em}}figure{{margin:0;text-align:center;font-size:.75em;max-width:120px;overflow-wrap:anywhere}}
+figure img{{height:96px;border:2px solid #ddd}}figure.review img{{border-color:#e5484d}}
+.note{{color:#666;font-size:.9em}}section{{border-top:2px solid #ccc;margin-top:1.5em}}
+</style></head><body>
+<h1>bccdet classify</h1>
+<p class="note">{e(DISCLAIMER)} Classifier: {e(str(model.get('name')))} <code>{e(str(model.get('sha256', ''))[:12])}</code>.
+Red borders: cells to review (low confidence or an abnormal label).</p>
+{''.join(parts)}
+</body></html>
+"""

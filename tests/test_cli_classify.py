@@ -46,6 +46,9 @@ def test_train_evaluate_classify_cli(tmp_path, cli):
     assert s["classified"] == 5 and 0.0 <= s["apl_score"] <= 1.0
     assert abs(sum(s["differential_percent"].values()) - 100) < 0.5
     assert {r["patient"] for r in rows} == {"export"} and s["patient"] == "export"
+    page = (out / "report.html").read_text()
+    assert page.count("<figure") == 5 and "broken.jpg" in page and "Unreadable files" in page
+    assert "<section><h2>export</h2>" in page and "data:image/jpeg;base64," in page
     assert not (out / "patients.csv").exists()
 
     # a folder of patient exports: one summary per patient (each PATH's sub-folders, CellaVision class folders inside)
@@ -67,6 +70,8 @@ def test_train_evaluate_classify_cli(tmp_path, cli):
     s2 = json.loads((tmp_path / "o2/summary.json").read_text())
     assert set(s2["patients"]) == {"Patient_A", "Patient_B"} and s2["classified"] == 6
     assert all(0.0 <= v["apl_score"] <= 1.0 for v in s2["patients"].values())
+    page = (tmp_path / "o2/report.html").read_text()
+    assert "<h2>Patient_A</h2>" in page and "<h2>Patient_B</h2>" in page and page.count("<figure") == 6
     # one patient's export (class sub-folders) given with --patients folder stays one patient
     r = cli("classify", root / "Patient_A", "--patients", "folder", "--out", tmp_path / "o5", "--classifier", ck)
     assert r.returncode == 0 and not (tmp_path / "o5/patients.csv").exists()

@@ -90,3 +90,21 @@ def test_array_to_rgb8_modes():
     assert (array_to_rgb8(rgba) == 255).all()
     with pytest.raises(ValueError):
         array_to_rgb8(np.zeros((0, 5, 3), np.uint8))
+
+
+def test_atomic_outputs_get_the_mode_a_plain_open_gives(tmp_path):
+    """Outputs written through a temporary file must not stay 0600 (colleagues, web servers could not read them)."""
+    import os
+
+    from bccdet.io import atomic_dir, write_text_atomic
+
+    old = os.umask(0o022)
+    os.umask(old)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    write_text_atomic(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~old
+    (tmp_path / "plain_dir").mkdir()
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("x")
+    assert (tmp_path / "d").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777
