@@ -407,8 +407,11 @@ def classify(
     summaries: dict[str, dict] = {}
     pages = []
     unreadable = 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_img, unit="cell", desc="classify", file=sys.stderr, disable=None, mininterval=0.5)
     for patient, inputs in groups:
-        rows = classify_paths(inputs, clf, batch_size=batch, device=device)
+        rows = classify_paths(inputs, clf, batch_size=batch, device=device, progress=bar.update)
         pages.append((patient, rows))
         adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
         for r in rows:
@@ -432,6 +435,7 @@ def classify(
                        "keeps each cell's own label)")
         for f in summ["flags"]:
             typer.echo(f"{who}flag {f['code']}: {f['message']}")
+    bar.close()
     model = {"name": name, "sha256": sha}
     if len(groups) == 1:
         doc = dict(next(iter(summaries.values())), model=model)

@@ -913,11 +913,12 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellClassifier, batch_size: int = 32,
-                   device: str = "cpu") -> list[dict]:
+                   device: str = "cpu", progress: Callable[[int], None] | None = None) -> list[dict]:
     """Classify single-cell image files (folders are searched for images).
 
     One row per file: ``file, label, label_score, review, reason, p_<label>...``. A file that cannot be
-    read gets ``label == ""``, ``reason`` = the one-line error and empty probabilities.
+    read gets ``label == ""``, ``reason`` = the one-line error and empty probabilities. ``progress(n)`` is
+    called as files are done (``n`` more each time).
     """
     clf = checkpoint if isinstance(checkpoint, CellClassifier) else CellClassifier(checkpoint, device=device)
     files = _expand(paths)
@@ -932,6 +933,8 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
         for (r, _), lab, s, rv, pr in zip(pending, labels, score, review, probs):
             rows[r].update(label=lab, label_score=round(float(s), 4), review=bool(rv),
                            **{f"p_{k}": round(float(v), 4) for k, v in zip(LABELS, pr)})
+        if progress:
+            progress(len(pending))
         pending.clear()
 
     for f in files:
@@ -942,6 +945,8 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
             img = read_image(f)
         except InputError as e:
             row.update(reason=str(e), review=True)
+            if progress:
+                progress(1)
             continue
         pending.append((len(rows) - 1, clf.crop_single(img)))
         if len(pending) >= batch_size:
