@@ -585,12 +585,17 @@ class Worker:
             w.writerow([f["name"], f["path"], f.get("given_class") or "", lab, "" if sc is None else f"{float(sc):.4f}",
                         int(bool(r.get("review"))), *("" if r.get(c) is None else f"{float(r[c]):.4f}" for c in pcols)])
         text = buf.getvalue()
+        ps = patient_summary(rows)
+        from .report import classify_html
+
+        page = classify_html([(t["slide"], ps, rows)], {"name": self.cfg["classifier"]["name"],
+                                                        "sha256": self.cfg["classifier"]["sha256"]})
         files = None
         if t["write"]:
-            write_text_atomic(t["dest"], text)
+            write_text_atomic(Path(t["dest"]).with_name("report.html"), page)
+            write_text_atomic(t["dest"], text)  # cells.csv last: its presence marks the unit written
         else:
-            files = {"cells.csv": text.encode("utf-8")}
-        ps = patient_summary(rows)
+            files = {"report.html": page.encode("utf-8"), "cells.csv": text.encode("utf-8")}
         return {"status": "done", "counts": counts, WBC_LABELS_KEY: labels, "apl_score": ps.get("apl_score"),
                 "patient_summary": ps, "failed": failed, "files": files}
 
@@ -1033,9 +1038,9 @@ class Batch:
                 with atomic_dir(task["dest"]) as tmp:
                     for n, data in files.items():
                         (tmp / n).write_bytes(data)
-            else:
-                (data,) = files.values()
-                write_bytes_atomic(task["dest"], data)
+            else:  # one file named as task["dest"], or several beside it (a single-cell slide's report.html)
+                for n, data in files.items():
+                    write_bytes_atomic(Path(task["dest"]).with_name(n), data)
         u = {"sha256": task["sha256"], "status": res["status"], "error": res.get("error"), "ms": res.get("ms")}
         if res["status"] == "done":
             u["counts"] = res["counts"]

@@ -368,6 +368,8 @@ def test_single_cell_export_classified_with_patient_summary(bccd, tmp_path, monk
     df = pd.read_csv(tmp_path / "o2/slides.csv")
     assert len(df) == 1 and df["apl_score"].iloc[0] == pytest.approx(slide["apl_score"])
     assert len(pd.read_csv(tmp_path / "o2/Patient_A/cells.csv")) == 4
+    page = (tmp_path / "o2/Patient_A/report.html").read_text()  # the classify page: flags, differential, gallery
+    assert "<h2>Patient_A</h2>" in page and page.count("<figure") == 4
 
 
 # ---------------------------------------------------------------------- Ray
