@@ -258,7 +258,8 @@ def _rgb(hexcol: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------- classify: one page per call
-GALLERY_PER_LABEL = 48  # thumbnails per label and patient; every review cell is shown
+GALLERY_PER_LABEL = 48  # thumbnails per label and patient, review cells first ...
+GALLERY_MAX_REVIEW = 200  # ... and every review cell up to this many (a page stays a few MB)
 
 
 def _thumb_b64(path: str, height: int = 96) -> str | None:
@@ -277,8 +278,9 @@ def _thumb_b64(path: str, height: int = 96) -> str | None:
 def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
                   per_label: int = GALLERY_PER_LABEL) -> str:
     """A self-contained page for ``classify``: per patient the flags, the differential (with adult
-    reference intervals), unreadable files, and a gallery per label (review cells first, red border;
-    a caption gives file name, score and, after ``--adapt``, the label the cell had alone)."""
+    reference intervals), unreadable files, and a gallery per label (review cells first, red border, up to
+    ``GALLERY_MAX_REVIEW``; then others up to ``per_label``; a caption gives file name, score and, after
+    ``--adapt``, the label the cell had alone)."""
     e = html.escape
     parts = []
     for patient, s, rows in patients:
@@ -294,7 +296,7 @@ def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
         gal = []
         for lab in [x for x in LABELS if x in groups]:
             items = sorted(groups[lab], key=lambda r: (not r.get("review"), float(r.get("label_score") or 0.0)))
-            shown = [r for r in items if r.get("review")]
+            shown = [r for r in items if r.get("review")][:GALLERY_MAX_REVIEW]
             shown += [r for r in items if not r.get("review")][:max(0, per_label - len(shown))]
             figs = []
             for r in shown:
