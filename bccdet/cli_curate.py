@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Argument(..., help="Converted classify folder (SPLIT/LABEL/*, manifest.csv) or LABEL/* folders."),
         name: str = typer.Option(..., "--name", help="FiftyOne dataset name (persistent; updated if it exists)."),
         predictions: Optional[Path] = typer.Option(None, "--predictions", help="CSV of classifier probabilities (file + p_<label> columns); default: an out-of-fold probe on the embeddings."),
-        detector: Optional[str] = typer.Option(None, help="Detector whose backbone embeds the images when no classifier is available."),
+        detector: Optional[str] = typer.Option(None, help="Embed with this detector's backbone instead of the default leukocyte classifier (used anyway when no classifier loads)."),
         split: List[str] = typer.Option([], "--split", help="Only these splits (repeatable; default all)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where suspects.csv goes (default curation/NAME)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset NAME (default: update it)."),

@@ -364,6 +364,21 @@ def test_curate_cls_cli(ds_name, pbc_cls, tiny_detector, tmp_path):
     assert r.returncode == 2 and "not classification" in r.stderr
 
 
+@pytest.mark.slow
+def test_curate_cls_embeds_with_the_classifier_and_ranks_the_wrong_copy_first(ds_name, pbc_cls, tmp_path):
+    """Without --detector, curate-cls embeds with the shipped leukocyte classifier: the copy of a PBC image
+    filed under a second class (the fixture's injected label error) is the most mistaken sample."""
+    name = ds_name()
+    r = run_curate("curate-cls", pbc_cls, "--name", name, "--out", tmp_path / "c")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "embeddings: classifier (bccdet-effnetl0-" in r.stdout
+    ds = fo.load_dataset(name)
+    assert len(ds.first()["bccdet_embedding"]) == 1280
+    top = ds.sort_by("mistakenness", reverse=True).first()
+    assert Path(top.filepath).name.startswith("dup_"), (top.filepath, top["mistakenness"])
+    assert "possible_mislabel" in top.tags
+
+
 # ---------------------------------------------------------------------- plugin operators through the SDK
 @pytest.mark.slow
 def test_plugin_operators(ds_name, bccd_yolo, pbc_cls, tiny_detector, tmp_path, monkeypatch):

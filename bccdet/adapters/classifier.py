@@ -875,6 +875,20 @@ class CellClassifier:
                 outs.append(self.model(x).float().cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
 
+    def embed(self, crops: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Penultimate features (n, 1280 for EfficientNet-Lite0), L2-normalised, of RGB uint8 crops."""
+        import torch
+
+        bs = min(int(batch_size or self.batch_size), CPU_MAX_BATCH) if self.device.type == "cpu" else int(batch_size or self.batch_size)
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(crops), bs):
+                chunk = np.stack([np.asarray(c, np.uint8)[..., :3] for c in crops[i:i + bs]])
+                x = _to_input(chunk, self.mean, self.std).to(self.device, memory_format=torch.channels_last)
+                f = self.model.forward_head(self.model.forward_features(x), pre_logits=True).float().cpu().numpy()
+                outs.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8))
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
     def predict_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Calibrated probabilities (n, len(LABELS)) of RGB uint8 crops (made by :func:`cell_crop`)."""
         z = self.predict_logits(crops, batch_size)
@@ -898,6 +912,35 @@ class CellClassifier:
         out.label_score[idx] = score
         out.review[idx] = review
         return out
+
+
+def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClassifier | None = None,
+                 device: str = "cpu") -> list[np.ndarray]:
+    """Classifier embeddings of single-cell image files (crops as ``classify`` makes them); an unreadable
+    file gets a zero vector. ``checkpoint``: a CellClassifier, a file, or None for the registry default.
+    Used by ``curate-cls``: a linear probe on these finds flipped labels far better than on the
+    detector backbone's features (bench/curation_cls.py)."""
+    if isinstance(checkpoint, CellClassifier):
+        clf = checkpoint
+    else:
+        from ..weights import resolve
+
+        w, name, sha = resolve(None if checkpoint is None else str(checkpoint), "classifier")
+        clf = CellClassifier(w, device=device, name=name, sha256=sha)
+    out: list[np.ndarray | None] = []
+    crops, where = [], []
+    for i, p in enumerate(paths):
+        try:
+            crops.append(clf.crop_single(read_image(p)))
+            where.append(i)
+        except InputError:
+            pass
+        out.append(None)
+    emb = clf.embed(crops)
+    dim = emb.shape[1] if len(emb) else 1280
+    for i, v in zip(where, emb):
+        out[i] = v
+    return [np.zeros(dim, np.float32) if v is None else v.astype(np.float32) for v in out]
 
 
 # ====================================================================== single-cell files

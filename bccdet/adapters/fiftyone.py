@@ -996,32 +996,37 @@ def _sha256(p: Path) -> str:
     return h.hexdigest()
 
 
-def _classifier_embedder():
-    """The leukocyte classifier's embedding function, when ``bccdet.adapters.classifier`` provides one."""
+def _classifier_or_none(device: str, log: Callable[[str], None]):
+    """The registry's default leukocyte classifier, or None (with a note) when it cannot be loaded."""
     try:
-        from . import classifier as C  # type: ignore[attr-defined]
-    except ImportError:
+        from ..weights import resolve
+        from .classifier import CellClassifier
+
+        w, name, sha = resolve(None, "classifier")
+        return CellClassifier(w, device=device, name=name, sha256=sha)
+    except (ImportError, InputError, RuntimeError, OSError) as e:
+        log(f"note: no usable classifier for embeddings ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "using the detector backbone")
         return None
-    for fn in ("embed_images", "embed"):
-        if callable(getattr(C, fn, None)):
-            return getattr(C, fn)
-    return None
 
 
 def embed_classification(samples, detector: str | None = None, device: str = "cpu", imgsz: int = 224,
                          log: Callable[[str], None] = print) -> str:
-    """Embeddings of single-cell images: the classifier's, or the detector backbone's. Returns the model used."""
+    """Embeddings of single-cell images: the leukocyte classifier's penultimate features (the default:
+    a probe on them finds flipped labels far better, bench/curation_cls.py), or the detector backbone's
+    when ``detector`` is given or no classifier loads. Returns the model used."""
     from ..io import read_image
 
     todo = samples.exists(EMB_FIELD, False)
     if not len(todo):
         return "cached (field bccdet_embedding; --overwrite recomputes)"
-    fn = _classifier_embedder()
-    if fn is not None:
-        paths = todo.values("filepath")
-        vecs = fn(paths)
+    clf = None if detector else _classifier_or_none(device, log)
+    if clf is not None:
+        from .classifier import embed_images
+
+        vecs = embed_images(todo.values("filepath"), clf)
         todo.set_values(EMB_FIELD, [np.asarray(v, np.float32) for v in vecs])
-        return "classifier"
+        return f"classifier ({clf.name})"
     det = load_detector(detector, device=device)
     emb = BackboneEmbedder(det)
     try:
