@@ -1012,10 +1012,10 @@ PRIOR_MAX_RATIO = 3.0  # no label's weight moves by more than 3x either way (cho
 
 def reference_prior(ck: dict) -> np.ndarray:
     """The class prior (over LABELS) that :func:`adapt_prior` re-weights from: the checkpoint's
-    ``reference_prior`` if it records one, else uniform. Uniform was measured against the alternatives
-    for the shipped models (bench/prior_adaptation.py: the sampler's ``n_c ** balance`` mix and the
-    validation mix both did worse on every held-out set): the estimate must find a rare label (blast,
-    variant lymphocyte) common in the call before it favours it."""
+    ``reference_prior`` if it records one, else uniform. Uniform was measured against the training
+    sampler's ``n_c ** balance`` mix for the shipped model (bench/prior_adaptation.py: the sampler's mix
+    did worse on every DeepAPL set and on wbc-seg): the estimate must find a rare label (blast, variant
+    lymphocyte) common in the call before it favours it."""
     pr = ck.get("reference_prior")
     if isinstance(pr, dict):
         v = np.array([float(pr.get(lab, 0.0)) for lab in LABELS])
