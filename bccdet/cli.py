@@ -550,8 +550,10 @@ def evaluate_detector(
 
 def _register_extensions() -> None:
     """Commands that live in their own modules (each imports only typer at module level)."""
+    from .cli_batch import register as register_batch
     from .cli_curate import register as register_curate
 
+    register_batch(app)
     register_curate(app)
 
 

@@ -146,6 +146,13 @@ def test_cli_modules_import_in_any_order(first):
     """Each CLI module imports on its own, before bccdet.cli (cli_curate once failed: a circular import)."""
     code = (f"import {first}, bccdet.cli;"
             "names={c.name or c.callback.__name__ for c in bccdet.cli.app.registered_commands};"
-            "assert {'analyze','classify','curate'} <= names, names")
+            "assert {'analyze','classify','batch','curate','curate-cls'} <= names, names")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_documented_command_runs_from_cli_py(cli):
+    """docs/batch.md and docs/curation.md tell users `python cli.py batch|curate ...`: each must exist there."""
+    for cmd in ("batch", "curate", "curate-cls", "classify", "analyze"):
+        r = cli(cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, (cmd, r.stdout[-500:], r.stderr[-500:])
