@@ -861,9 +861,7 @@ class CellClassifier:
     def predict_logits(self, crops: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
         import torch
 
-        bs = int(batch_size or self.batch_size)
-        if self.device.type == "cpu":
-            bs = min(bs, CPU_MAX_BATCH)
+        bs = self._chunk(batch_size)
         outs = []
         with torch.inference_mode():
             for i in range(0, len(crops), bs):
@@ -875,11 +873,16 @@ class CellClassifier:
                 outs.append(self.model(x).float().cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
 
+    def _chunk(self, batch_size: int | None) -> int:
+        """Crops per forward pass: at most CPU_MAX_BATCH on CPU."""
+        bs = int(batch_size or self.batch_size)
+        return min(bs, CPU_MAX_BATCH) if self.device.type == "cpu" else bs
+
     def embed(self, crops: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
         """Penultimate features (n, 1280 for EfficientNet-Lite0), L2-normalised, of RGB uint8 crops."""
         import torch
 
-        bs = min(int(batch_size or self.batch_size), CPU_MAX_BATCH) if self.device.type == "cpu" else int(batch_size or self.batch_size)
+        bs = self._chunk(batch_size)
         outs = []
         with torch.inference_mode():
             for i in range(0, len(crops), bs):
@@ -1040,7 +1043,7 @@ def adapt_prior(probs: np.ndarray, prior: Sequence[float] | None = None, alpha: 
     p = np.asarray(probs, np.float64)
     if p.ndim != 2:
         raise ValueError("probs must be (n, k)")
-    n, k = p.shape
+    k = p.shape[1]
     pt = np.full(k, 1.0 / k) if prior is None else np.asarray(prior, np.float64)
     pt = np.maximum(pt, 1e-12) / np.maximum(pt, 1e-12).sum()
     pi, it = pt.copy(), 0
