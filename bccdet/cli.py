@@ -325,11 +325,11 @@ def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]
     PATH; ``folder`` one per first-level sub-folder of each folder PATH (images directly in it and files
     given directly form their own patient, named after the folder). A folder PATH whose sub-folders are
     all cell classes (``Lymphocyte/``, ``Blast, no lineage spec/``: one patient's export) is one patient."""
-    from .io import IMAGE_SUFFIXES
+    from .io import IMAGE_SUFFIXES, image_files
     from .vocab import is_class_folder
 
     def has_images(d: Path) -> bool:
-        return any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in d.rglob("*"))
+        return bool(image_files(d))
 
     if mode == "call":
         name = paths[0].name if len(paths) == 1 else "call"
@@ -383,7 +383,7 @@ def classify(
     import io
     import json
 
-    from .io import IMAGE_SUFFIXES, write_text_atomic
+    from .io import image_files, write_text_atomic
     from .vocab import LABELS
     from .weights import resolve
 
@@ -392,8 +392,7 @@ def classify(
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(f"{missing[0]}: no such file or folder")
-    n_img = sum(1 for p in paths if p.is_file()) + sum(
-        1 for p in paths if p.is_dir() for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    n_img = sum(1 for p in paths if p.is_file()) + sum(len(image_files(p)) for p in paths if p.is_dir())
     if n_img == 0:
         raise InputError(f"no image files in {', '.join(map(str, paths))}")
     groups = _patient_groups(list(paths), patients)

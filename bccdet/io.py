@@ -13,6 +13,23 @@ from typing import Iterator
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_files(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (by suffix), sorted, following symlinked folders (labs link data in;
+    ``Path.rglob`` before Python 3.13 does not) without looping on a link cycle; hidden names skipped."""
+    root = Path(root)
+    out: list[Path] = []
+    seen: set[str] = set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        out += [Path(d) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(out)
 MAX_PIXELS = 120_000_000  # ~11k x 11k; larger inputs are refused with a clear message
 
 

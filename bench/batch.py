@@ -18,7 +18,6 @@ same run only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil

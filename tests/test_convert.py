@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from bccdet.convert.common import ConversionError, Report
+from bccdet.convert.common import ConversionError
 from bccdet.convert.roboflow import safe_extract
 from bccdet.types import Cells, SmearMeta
 
@@ -112,6 +112,7 @@ def test_convert_pbc_dedup_and_stratified(data_root, tmp_path, cli):
     assert {"promyelocyte", "myelocyte", "metamyelocyte"} <= set(subs)
     # deterministic for a seed
     r2 = cli("convert", "pbc", pbc, "--out", tmp_path / "pbc2", "--seed", "0")
+    assert r2.returncode == 0, r2.stderr
     assert (tmp_path / "pbc2/manifest.csv").read_text() == (out / "manifest.csv").read_text()
 
 

@@ -108,3 +108,20 @@ def test_atomic_outputs_get_the_mode_a_plain_open_gives(tmp_path):
     with atomic_dir(tmp_path / "d") as d:
         (d / "f").write_text("x")
     assert (tmp_path / "d").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777
+
+
+def test_image_files_follow_symlinked_folders_without_looping(tmp_path):
+    """Labs link data into a working folder; Path.rglob (Python < 3.13) does not enter symlinked folders."""
+    from bccdet.io import image_files
+
+    real = tmp_path / "real" / "Patient_1" / "Lymphocyte"
+    real.mkdir(parents=True)
+    for n in ("a.png", "b.JPG", "notes.txt", ".hidden.png"):
+        (real / n).write_bytes(b"x")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Patient_1").symlink_to(tmp_path / "real" / "Patient_1", target_is_directory=True)
+    (real / "loop").symlink_to(tmp_path / "real", target_is_directory=True)  # a cycle
+    got = image_files(work)
+    assert [p.name for p in got] == ["a.png", "b.JPG"]
+    assert all(str(p).startswith(str(work)) for p in got)

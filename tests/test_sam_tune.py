@@ -1,7 +1,6 @@
 """Fine-tuning LiteMedSAM's mask decoder: training on real wbc-seg masks lowers the loss, the checkpoint
 round-trips into SamModel on top of the packaged encoder, and the shipped decoder segments real WBCs."""
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow

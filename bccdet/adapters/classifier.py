@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io import IMAGE_SUFFIXES, InputError, read_image, sha256_file, write_bytes_atomic, write_text_atomic
+from ..io import InputError, image_files, read_image, sha256_file, write_bytes_atomic, write_text_atomic
 from ..types import Cells
 from ..vocab import ABNORMAL_LABELS, LABELS, normalize_label
 
@@ -273,9 +273,7 @@ def _read_split(data_dir: Path, split: str) -> list[tuple[Path, str]]:
             lab = normalize_label(d.name)
         except KeyError:
             continue
-        for p in sorted(d.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                out.append((p, lab))
+        out += [(p, lab) for p in image_files(d)]
     return out
 
 
@@ -952,7 +950,7 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files += image_files(p)
         else:
             files.append(p)
     return files

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io import IMAGE_SUFFIXES, InputError, image_size
+from ..io import InputError, image_files, image_size
 from ..types import KINDS, Cells, SmearMeta, box_iou, rle_decode
 
 GT_FIELD = "ground_truth"
@@ -943,9 +943,8 @@ def _cls_items(data: Path) -> list[dict]:
     roots = [(d, d.name) for d in split_dirs] if split_dirs else [(data, "")]
     for root, sp in roots:
         for lab in sorted(d for d in root.iterdir() if d.is_dir()):
-            for p in sorted(lab.rglob("*")):
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                    items.append({"path": p.resolve(), "label": lab.name, "split": sp, "sha256": "", "group": "", "subclass": ""})
+            for p in image_files(lab):
+                items.append({"path": p.resolve(), "label": lab.name, "split": sp, "sha256": "", "group": "", "subclass": ""})
     if not items:
         raise CurationError(f"{data}: no images in class folders (expected SPLIT/LABEL/* or LABEL/*)")
     return items

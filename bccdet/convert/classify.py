@@ -6,13 +6,13 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from ..io import IMAGE_SUFFIXES, InputError, image_size
+from ..io import InputError, image_files, image_size
 from ..vocab import PBC_FOLDERS, cellavision_label, normalize_label, pbc_subclass
 from .common import ClsSample, ConversionError, Report, file_hash, group_split, stratified_split
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return image_files(folder)
 
 
 def _readable(p: Path, report: Report) -> bool:
