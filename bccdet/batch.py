@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .io import IMAGE_SUFFIXES, InputError, array_to_rgb8, atomic_dir, image_size, public_mode, sha256_file, write_bytes_atomic, write_text_atomic
+from .vocab import is_class_folder
 
 FORMAT = "bccdet-batch/1"
 MANIFEST = "manifest.json"
@@ -205,12 +206,6 @@ def _expand(inp: str) -> list[dict]:
     return [_failed_spec(str(p), f"not an image, a folder or a CSV list ({suf or 'no extension'})")]
 
 
-def _class_folder(name: str) -> bool:
-    from .vocab import is_class_folder
-
-    return is_class_folder(name)
-
-
 def _expand_dir(p: Path) -> list[dict]:
     entries = sorted((e for e in p.iterdir() if not e.name.startswith(".")), key=lambda e: e.name)
     files = [e for e in entries if e.is_file()]
@@ -226,7 +221,7 @@ def _expand_dir(p: Path) -> list[dict]:
                 for d in dirs]
         err = None if has_images else f"no images in folder ({len(rest)} other file(s))"
         out.append(_spec(_sanitize(p.name), "fields", [str(p)], files=[(f, None) for f in rest], error=err, warnings=warn))
-    elif dirs and all(_class_folder(d.name) for d in dirs):
+    elif dirs and all(is_class_folder(d.name) for d in dirs):
         # A CellaVision-style export: <patient>/<cell class>/<crop>: one slide of single-cell images.
         files_cv = []
         for d in dirs:

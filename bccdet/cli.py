@@ -321,42 +321,41 @@ def train_detector(
 
 
 def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]]:
-    """(patient name, inputs) for ``classify --patients MODE``: ``call`` one patient; ``path`` one per
+    """(patient name, files) for ``classify --patients MODE``: ``call`` one patient; ``path`` one per
     PATH; ``folder`` one per first-level sub-folder of each folder PATH (images directly in it and files
     given directly form their own patient, named after the folder). A folder PATH whose sub-folders are
-    all cell classes (``Lymphocyte/``, ``Blast, no lineage spec/``: one patient's export) is one patient."""
-    from .io import IMAGE_SUFFIXES, image_files
+    all cell classes (``Lymphocyte/``, ``Blast, no lineage spec/``: one patient's export) is one patient.
+    Folders are searched for images once, here (:func:`bccdet.io.expand_inputs`)."""
+    from .io import IMAGE_SUFFIXES, expand_inputs, image_files
     from .vocab import is_class_folder
-
-    def has_images(d: Path) -> bool:
-        return bool(image_files(d))
 
     if mode == "call":
         name = paths[0].name if len(paths) == 1 else "call"
-        return [(name or "call", list(paths))]
+        return [(name or "call", expand_inputs(paths))]
     groups: dict[str, list[Path]] = {}
 
-    def add(name: str, item: Path) -> None:
+    def add(name: str, files: list[Path]) -> None:
         key, k = name or "patient", 2
         while key in groups and mode == "path":
             key, k = f"{name}-{k}", k + 1
-        groups.setdefault(key, []).append(item)
+        groups.setdefault(key, []).extend(files)
 
     for p in paths:
         if mode == "path" or p.is_file():
-            add(p.name if mode == "path" else p.parent.name, p)
+            add(p.name if mode == "path" else p.parent.name, expand_inputs([p]))
             continue
         subdirs = [x for x in p.iterdir() if x.is_dir()]
         if subdirs and all(is_class_folder(x.name) for x in subdirs):
-            groups.setdefault(p.name or "patient", []).append(p)
+            groups.setdefault(p.name or "patient", []).extend(image_files(p))
             continue
         loose = [f for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
         if loose:
             groups.setdefault(p.name or "patient", []).extend(loose)
         for d in sorted(x for x in p.iterdir() if x.is_dir()):
-            if has_images(d):
+            files = image_files(d)
+            if files:
                 key = d.name if d.name not in groups else f"{p.name}/{d.name}"
-                groups.setdefault(key, []).append(d)
+                groups.setdefault(key, []).extend(files)
     return list(groups.items())
 
 
@@ -383,23 +382,21 @@ def classify(
     import io
     import json
 
-    from .io import image_files, write_text_atomic
+    from .io import write_text_atomic
     from .vocab import LABELS
-    from .weights import resolve
 
     if patients not in ("call", "path", "folder"):
         raise InputError(f"--patients {patients!r}: choose call, path or folder")
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(f"{missing[0]}: no such file or folder")
-    n_img = sum(1 for p in paths if p.is_file()) + sum(len(image_files(p)) for p in paths if p.is_dir())
+    groups = _patient_groups(list(paths), patients)
+    n_img = sum(len(files) for _, files in groups)
     if n_img == 0:
         raise InputError(f"no image files in {', '.join(map(str, paths))}")
-    groups = _patient_groups(list(paths), patients)
-    w, name, sha = resolve(classifier, "classifier")
-    from .adapters.classifier import CellClassifier, adapt_rows, classify_paths, summary
+    from .adapters.classifier import adapt_rows, classify_paths, load_classifier, summary
 
-    clf = CellClassifier(w, device=device, name=name, sha256=sha)
+    clf = load_classifier(classifier, device)
     buf = io.StringIO()
     wr = csv.writer(buf)
     wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone", "patient"])
@@ -409,8 +406,8 @@ def classify(
     from tqdm import tqdm
 
     bar = tqdm(total=n_img, unit="cell", desc="classify", file=sys.stderr, disable=None, mininterval=0.5)
-    for patient, inputs in groups:
-        rows = classify_paths(inputs, clf, batch_size=batch, device=device, progress=bar.update)
+    for patient, files in groups:
+        rows = classify_paths(files, clf, batch_size=batch, device=device, progress=bar.update)
         pages.append((patient, rows))
         adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
         for r in rows:
@@ -435,7 +432,7 @@ def classify(
         for f in summ["flags"]:
             typer.echo(f"{who}flag {f['code']}: {f['message']}")
     bar.close()
-    model = {"name": name, "sha256": sha}
+    model = {"name": clf.name, "sha256": clf.sha256}
     if len(groups) == 1:
         doc = dict(next(iter(summaries.values())), model=model)
     else:

@@ -13,23 +13,6 @@ from typing import Iterator
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def image_files(root: str | Path) -> list[Path]:
-    """Image files under ``root`` (by suffix), sorted, following symlinked folders (labs link data in;
-    ``Path.rglob`` before Python 3.13 does not) without looping on a link cycle; hidden names skipped."""
-    root = Path(root)
-    out: list[Path] = []
-    seen: set[str] = set()
-    for d, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(d)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        out += [Path(d) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(out)
 MAX_PIXELS = 120_000_000  # ~11k x 11k; larger inputs are refused with a clear message
 
 
@@ -207,6 +190,31 @@ def _to_rgb8(im) -> np.ndarray:
 # ---------------------------------------------------------------------- atomic writing
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def image_files(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (by suffix), sorted, following symlinked folders (labs link data in;
+    ``Path.rglob`` before Python 3.13 does not) without looping on a link cycle; hidden names skipped."""
+    root = Path(root)
+    out: list[Path] = []
+    seen: set[str] = set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        out += [Path(d) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(out)
+
+
+def expand_inputs(paths) -> list[Path]:
+    """Files given and the images inside folders given (:func:`image_files`), in the order given."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += image_files(p) if p.is_dir() else [p]
+    return files
 
 
 def _read_umask() -> int:

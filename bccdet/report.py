@@ -166,10 +166,7 @@ def render_html(rep: dict, overlay_png: bytes, crops: list[tuple[int, np.ndarray
     gal = []
     for lab in sorted(groups):
         items = sorted(groups[lab], key=lambda t: (not t[0], t[1]))  # review ones first
-        figs = "".join(
-            f"<figure class='{'review' if r else ''}'><img src='data:image/jpeg;base64,{_jpeg_b64(c)}' alt='cell {i + 1}'>"
-            f"<figcaption>#{i + 1}{' review' if r else ''}</figcaption></figure>" for r, i, c in items
-        )
+        figs = "".join(_figure(_jpeg_b64(c), f"cell {i + 1}", f"#{i + 1}{' review' if r else ''}", r) for r, i, c in items)
         gal.append(f"<h3>{e(lab)} ({len(items)})</h3><div class='gallery'>{figs}</div>")
     models = "".join(f"<li>{e(k)}: {e(str(v.get('name')))} <code>{e(str(v.get('sha256', ''))[:12])}</code></li>" for k, v in rep["models"].items() if isinstance(v, dict))
     return f"""<!doctype html>
@@ -192,6 +189,12 @@ figure img{{height:96px;border:2px solid #ddd}}figure.review img{{border-color:#
 <h2>Models</h2><ul>{models}</ul>
 </body></html>
 """
+
+
+def _figure(jpeg_b64: str, alt: str, caption: str, review: bool) -> str:
+    """One gallery thumbnail (``alt`` and ``caption`` already HTML); review cells get the red border."""
+    return (f"<figure class='{'review' if review else ''}'><img src='data:image/jpeg;base64,{jpeg_b64}' alt='{alt}'>"
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def _ri(label: str) -> str:
@@ -307,8 +310,7 @@ def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
                 cap = f"{e(Path(r['file']).name)} {float(r.get('label_score') or 0):.2f}"
                 if alone and alone != r["label"]:
                     cap += f"<br>alone: {e(alone)}"
-                figs.append(f"<figure class='{'review' if r.get('review') else ''}'><img src='data:image/jpeg;base64,{b64}' "
-                            f"alt='{e(Path(r['file']).name)}'><figcaption>{cap}</figcaption></figure>")
+                figs.append(_figure(b64, e(Path(r["file"]).name), cap, bool(r.get("review"))))
             more = len(items) - len(shown)
             note = f"<p class='note'>{more} more not shown (cells.csv lists all)</p>" if more > 0 else ""
             gal.append(f"<h3>{e(lab)} ({len(items)}, {sum(1 for r in items if r.get('review'))} to review)</h3>"

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io import InputError, image_files, read_image, sha256_file, write_bytes_atomic, write_text_atomic
+from ..io import InputError, expand_inputs, image_files, read_image, sha256_file, write_bytes_atomic, write_text_atomic
 from ..types import Cells
 from ..vocab import ABNORMAL_LABELS, LABELS, normalize_label
 
@@ -915,19 +915,21 @@ class CellClassifier:
         return out
 
 
+def load_classifier(classifier: str | Path | None = None, device: str = "cpu") -> CellClassifier:
+    """A registered classifier by name, a checkpoint file, or (None) the registry's default."""
+    from ..weights import resolve
+
+    w, name, sha = resolve(None if classifier is None else str(classifier), "classifier")
+    return CellClassifier(w, device=device, name=name, sha256=sha)
+
+
 def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClassifier | None = None,
                  device: str = "cpu") -> list[np.ndarray]:
     """Classifier embeddings of single-cell image files (crops as ``classify`` makes them); an unreadable
     file gets a zero vector. ``checkpoint``: a CellClassifier, a file, or None for the registry default.
     Used by ``curate-cls``: a linear probe on these finds flipped labels far better than on the
     detector backbone's features (bench/curation_cls.py)."""
-    if isinstance(checkpoint, CellClassifier):
-        clf = checkpoint
-    else:
-        from ..weights import resolve
-
-        w, name, sha = resolve(None if checkpoint is None else str(checkpoint), "classifier")
-        clf = CellClassifier(w, device=device, name=name, sha256=sha)
+    clf = checkpoint if isinstance(checkpoint, CellClassifier) else load_classifier(checkpoint, device)
     out: list[np.ndarray | None] = []
     crops, where = [], []
     for i, p in enumerate(paths):
@@ -945,17 +947,6 @@ def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClass
 
 
 # ====================================================================== single-cell files
-def _expand(paths: Iterable[str | Path]) -> list[Path]:
-    files = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            files += image_files(p)
-        else:
-            files.append(p)
-    return files
-
-
 def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellClassifier, batch_size: int = 32,
                    device: str = "cpu", progress: Callable[[int], None] | None = None) -> list[dict]:
     """Classify single-cell image files (folders are searched for images).
@@ -965,7 +956,7 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
     called as files are done (``n`` more each time).
     """
     clf = checkpoint if isinstance(checkpoint, CellClassifier) else CellClassifier(checkpoint, device=device)
-    files = _expand(paths)
+    files = expand_inputs(paths)
     rows: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
 

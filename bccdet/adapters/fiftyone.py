@@ -449,11 +449,9 @@ CELL_TYPE_FIELD = "bccdet_cell_type"
 
 
 def load_classifier(classifier: str | None, device: str = "cpu"):
-    from ..weights import resolve
-    from .classifier import CellClassifier
+    from .classifier import load_classifier as load
 
-    weights, name, sha = resolve(classifier, "classifier")
-    return CellClassifier(weights, name=name, sha256=sha, device=device)
+    return load(classifier, device)
 
 
 def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det_field: str | None = None,
@@ -463,13 +461,13 @@ def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det
     Without ``det_field`` each sample is one single-cell image (a CellaVision export, PBC): it gets
     ``field_name`` = ``fo.Classification(label, confidence, logits=log p)`` plus ``review``. With
     ``det_field`` every white-cell detection of that field (label ``wbc`` or a WBC synonym) is cropped as
-    ``analyze`` does and gets the attributes ``cell_type``, ``cell_type_score`` and ``review``, the
-    attributes ``analyze`` reports carry too.
+    ``analyze`` does (the classifier stage itself, on those boxes) and gets the attributes ``cell_type``,
+    ``cell_type_score`` and ``review``, the attributes ``analyze`` reports carry too.
     """
     from ..io import read_image
     from ..types import normalize_kind
     from ..vocab import LABELS
-    from .classifier import assign_labels, border_color
+    from .classifier import assign_labels
 
     fo = _fo()
     n, done, total = 0, 0, len(samples)
@@ -495,13 +493,10 @@ def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det
                     wbc.append(d)
             if wbc:
                 h, w = img.shape[:2]
-                fill = border_color(img)
-                crops = [classifier.crop(img, (d.bounding_box[0] * w, d.bounding_box[1] * h,
-                                               (d.bounding_box[0] + d.bounding_box[2]) * w,
-                                               (d.bounding_box[1] + d.bounding_box[3]) * h), fill=fill) for d in wbc]
-                p = classifier.predict_crops(crops)
-                labels, score, review = assign_labels(p, ["wbc"] * len(wbc), classifier.threshold)
-                for d, lab, sc, rv in zip(wbc, labels, score, review):
+                xyxy = [(x * w, y * h, (x + bw) * w, (y + bh) * h) for x, y, bw, bh in (d.bounding_box for d in wbc)]
+                typed = classifier(img, Cells(xyxy=np.array(xyxy, np.float32), kind=["wbc"] * len(wbc),
+                                              meta=SmearMeta(path=sample.filepath, width=w, height=h)))
+                for d, lab, sc, rv in zip(wbc, typed.label, typed.label_score, typed.review):
                     d["cell_type"], d["cell_type_score"], d["review"] = lab, float(sc), bool(rv)
                 sample[det_field] = dets
                 n += len(wbc)
@@ -998,11 +993,7 @@ def _sha256(p: Path) -> str:
 def _classifier_or_none(device: str, log: Callable[[str], None]):
     """The registry's default leukocyte classifier, or None (with a note) when it cannot be loaded."""
     try:
-        from ..weights import resolve
-        from .classifier import CellClassifier
-
-        w, name, sha = resolve(None, "classifier")
-        return CellClassifier(w, device=device, name=name, sha256=sha)
+        return load_classifier(None, device)
     except (ImportError, InputError, RuntimeError, OSError) as e:
         log(f"note: no usable classifier for embeddings ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
             "using the detector backbone")
