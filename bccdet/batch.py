@@ -317,15 +317,32 @@ def _field_records(spec: dict, prev: dict[str, dict]) -> list[dict]:
     return recs
 
 
-def _decide_kind(spec: dict, recs: list[dict]) -> str:
-    """fields or cellavision; the minority of a mixed folder is recorded as failed with a reason."""
+IMAGE_KINDS = ("auto", "fields", "cells")
+
+
+def _decide_kind(spec: dict, recs: list[dict], images: str = "auto", warnings: list | None = None) -> str:
+    """fields or cellavision; the minority of a mixed folder is recorded as failed with a reason.
+
+    ``images`` (``batch --images``): ``fields`` or ``cells`` decide for every folder; ``auto`` takes the
+    folder layout (<patient>/<cell class>/<crop>) or else the image size (longer side <= CROP_MAX_SIDE:
+    a single-cell crop), and says so in ``warnings`` when the size decided, because small smear fields
+    (TXL-PBC has 256-363 px ones) look like crops by size alone.
+    """
     ok = [r for r in recs if r["status"] == "pending"]
+    if images == "fields":
+        return "fields"
+    if images == "cells":
+        return "cellavision"
     crop = [r for r in ok if max(r["width"], r["height"]) <= CROP_MAX_SIDE]
     field = [r for r in ok if max(r["width"], r["height"]) > CROP_MAX_SIDE]
     if spec["kind"] == "cellavision":
         kind = "cellavision"
     else:
         kind = "cellavision" if len(crop) > len(field) else "fields"
+        if kind == "cellavision" and warnings is not None:
+            warnings.append({"path": spec["sources"][0] if spec["sources"] else spec["name"],
+                             "reason": (f"{len(crop)} image(s) of at most {CROP_MAX_SIDE} px: read as single-cell images "
+                                        "(one cell each, classified); pass --images fields if they are smear fields")})
     if kind == "cellavision":
         for r in field:
             r.update(status="failed", error=(f"mixed folder: a smear field ({r['width']}x{r['height']}) among {len(crop)} "
@@ -385,7 +402,7 @@ def plan_batch(inputs: list[str], options: dict, previous: dict | None = None) -
             rec["sha256"] = f["sha256"]
         elif sp["kind"] in ("fields", "cellavision"):
             recs = _field_records(sp, prev_fields)
-            rec["kind"] = _decide_kind(sp, recs)
+            rec["kind"] = _decide_kind(sp, recs, options.get("images", "auto"), rec["warnings"])
             rec["fields"] = recs
         new[key] = rec
     # merge: previous slides keep their place and name; new ones follow in input order
@@ -857,7 +874,9 @@ class Batch:
                  backend: str = "local", detector: str | None = None, classifier: str | None = None,
                  device: str = "cpu", classify: bool | None = None, refine: bool | None = None,
                  formats: tuple[str, ...] | None = None, ray_address: str | None = None, detector_options: dict | None = None,
-                 progress: bool | None = None, log: Log | None = None):
+                 progress: bool | None = None, log: Log | None = None, images: str | None = None):
+        if images is not None and images not in IMAGE_KINDS:
+            raise InputError(f"unknown --images {images!r}; expected auto, fields or cells")
         if backend not in ("local", "ray"):
             raise InputError(f"unknown --backend {backend!r}; expected local or ray")
         if workers is not None and workers < 1:
@@ -874,6 +893,7 @@ class Batch:
         self.ray_address = ray_address
         self.detector_options = None if detector_options is None else dict(detector_options)
         self.progress = progress
+        self.images = images
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
         self.no_classifier = ""
@@ -1098,6 +1118,13 @@ class Batch:
 
     def _slide_doc(self, s: dict, counts: dict, labels: list, fields: list, apl_score=None, **extra) -> dict:
         summary = summarize_totals(counts, labels)
+        # a single-cell slide's patient-level flags (apl_suspected, variant lymphocytes, unreadable files)
+        # belong in the slide summary that slides.csv / .parquet / summary.html read
+        have = {f["code"] for f in summary["flags"]}
+        for f in (extra.get("patient_summary") or {}).get("flags", []):
+            if f["code"] not in have:
+                summary["flags"].append(f)
+                have.add(f["code"])
         return {"format": FORMAT, "slide": s["slide"], "kind": s["kind"], "source": s["source"], "sha256": s["sha256"],
                 "models": self.models, **extra, "n_fields": len(s["fields"]),
                 "n_fields_done": sum(f["status"] == "done" for f in s["fields"]),
@@ -1219,12 +1246,18 @@ class Batch:
             self.formats = tuple(was.get("formats", ()))
         if self.detector_options is None:
             self.detector_options = dict(was.get("detector_options", {}))
+        if self.images is None:
+            self.images = was.get("images", "auto")
         self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify,
                      "refine": self.refine, "formats": list(self.formats),
                      "detector_options": self.detector_options}
+        if self.images != "auto":  # absent when auto: batches made before --images resume unchanged
+            self.args["images"] = self.images
         self.models, cfg, notes = self._models()
         self.options = {"tile": cfg["tile"], "overlap": cfg["overlap"], "detector_options": self.detector_options,
                         "formats": list(self.formats)}
+        if self.images != "auto":
+            self.options["images"] = self.images
         if prev is not None and (prev.get("models") != self.models or prev.get("options") != self.options):
             raise InputError(f"{self.out} was made with other models or options ({_diff(prev, self.models, self.options)}); "
                              "resume with the same ones, or choose another --out")

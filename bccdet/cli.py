@@ -61,6 +61,20 @@ def friendly(fn):
 
 
 # ---------------------------------------------------------------------- analyze
+def _replaceable(d: Path, image: Path) -> bool:
+    """May analyze's report of ``image`` replace ``d``? Only when ``d`` is absent or an earlier report of the
+    same image file (re-running updates it); a report of another image or any other folder is kept."""
+    if not d.exists():
+        return True
+    try:
+        import json
+
+        prev = json.loads((d / "report.json").read_text())["image"]["path"]
+        return Path(prev).resolve() == Path(image).resolve()
+    except Exception:
+        return False
+
+
 @app.command()
 @friendly
 def analyze(
@@ -91,6 +105,9 @@ def analyze(
     if not paths:
         _err("no images given (pass image files, or --sample)")
         raise typer.Exit(2)
+    from .io import check_out_dir
+
+    check_out_dir(out)
     weights, name, sha = resolve(detector, "detector")  # one clear line (exit 2) when there is none
     from .adapters.yolo import YoloDetector
     from .pipeline import Pipeline
@@ -126,8 +143,8 @@ def analyze(
             continue
         stem = Path(p).stem
         k = 1
-        while stem in used:  # two images with the same name
-            stem = f"{Path(p).stem}_{k}"
+        while stem in used or not _replaceable(out / stem, p):  # two images with the same name, or a folder
+            stem = f"{Path(p).stem}_{k}"                           # this image's report may not replace
             k += 1
         used.add(stem)
         try:
@@ -166,8 +183,9 @@ _SEED = typer.Option(0, help="Seed of the random split (deterministic).")
 
 
 def _det_convert(loader, root: Path, out: Path, task: str, masks: str, name: str, prefer=()):
-    from .convert.common import Report, dedup_and_check_leakage, write_yolo_detection
+    from .convert.common import Report, check_out, dedup_and_check_leakage, write_yolo_detection
 
+    check_out(out, [root])
     report = Report(name)
     samples = loader(root, report)
     samples = dedup_and_check_leakage(samples, report, prefer=prefer)
@@ -211,7 +229,16 @@ def convert_roboflow(
         src = download_roboflow(parts[0], parts[1], int(parts[2]), out.with_name(out.name + "-download"))
     if src is None:
         raise ConversionError("give an export folder/zip or --download WORKSPACE/PROJECT/VERSION")
-    _det_convert(lambda r, rep: load_roboflow(r, rep, work=out.with_name(out.name + "-extracted")), src, out, task, masks, "roboflow")
+    import tempfile
+
+    from .convert.common import check_out
+
+    check_out(out, [src])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a zip is unpacked into a fresh hidden folder beside OUT (same file system: the set hard-links its
+    # images), removed when the set is written: nothing of an earlier export can leak into this one
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.extract-", dir=out.parent) as work:
+        _det_convert(lambda r, rep: load_roboflow(r, rep, work=Path(work)), src, out, task, masks, "roboflow")
 
 
 @convert_app.command("merge")
@@ -221,9 +248,10 @@ def convert_merge(
     out: Path = _OUT, task: str = _TASK, masks: str = _MASKS,
 ):
     """Merge converted detection sets: de-duplicate by pixel hash and fail on test leakage."""
-    from .convert.common import Report, dedup_and_check_leakage, write_yolo_detection
+    from .convert.common import Report, check_out, dedup_and_check_leakage, write_yolo_detection
     from .convert.detection import load_converted
 
+    check_out(out, sources)
     report = Report("merged")
     samples = [s for src in sources for s in load_converted(src, report)]
     samples = dedup_and_check_leakage(samples, report, prefer=[s.name for s in sources])
@@ -239,10 +267,11 @@ def convert_fix(
     out: Path = _OUT, task: str = typer.Option("segment", help="detect or segment (added boxes get ellipse masks)."),
 ):
     """Apply a reviewed corrections list (e.g. from `curate`'s suspects) to a converted set."""
-    from .convert.common import Report, write_yolo_detection
+    from .convert.common import Report, check_out, write_yolo_detection
     from .convert.corrections import apply_corrections, read_corrections
     from .convert.detection import load_converted
 
+    check_out(out, [src])
     rows = read_corrections(corrections)
     report = Report(f"{src.name}-fixed")
     samples = apply_corrections(load_converted(src, report), rows, report)
@@ -250,8 +279,9 @@ def convert_fix(
 
 
 def _cls_convert(loader, root: Path, out: Path, name: str, **kw):
-    from .convert.common import Report, write_classify
+    from .convert.common import Report, check_out, write_classify
 
+    check_out(out, [root])
     report = Report(name)
     samples = loader(root, report, **kw)
     _finish(report, out, samples, write_classify)
@@ -390,6 +420,9 @@ def classify(
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(f"{missing[0]}: no such file or folder")
+    from .io import check_out_dir
+
+    check_out_dir(out)
     groups = _patient_groups(list(paths), patients)
     n_img = sum(len(files) for _, files in groups)
     if n_img == 0:

@@ -44,6 +44,10 @@ def register(app: typer.Typer) -> None:
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (e.g. auto or ray://HEAD:10001); default: start a local Ray."),
         progress: Optional[bool] = typer.Option(
             None, "--progress/--no-progress", help="Progress bar with ETA (default: when stderr is a terminal)."),
+        images: Optional[str] = typer.Option(
+            None, "--images",
+            help="What the images of a slide folder are: auto (folder layout, else size: at most 400 px = one cell), "
+                 "fields (smear fields, analysed) or cells (single-cell crops, classified). --resume: the batch's own."),
         imgsz: Optional[int] = typer.Option(None, "--imgsz", hidden=True, help="Detector inference size (advanced)."),
         conf: Optional[float] = typer.Option(None, "--conf", hidden=True, help="Detector confidence threshold (advanced)."),
     ):
@@ -59,9 +63,15 @@ def register(app: typer.Typer) -> None:
         if bad_fmt:
             _err(f"unknown --format {bad_fmt}; expected coco or geojson")
             raise typer.Exit(2)
+        if images is not None and images not in ("auto", "fields", "cells"):
+            _err(f"unknown --images {images!r}; expected auto, fields or cells")
+            raise typer.Exit(2)
         if not inputs and not resume:
             _err("no inputs given (slide folders, images, whole-slide scans, globs or a CSV list)")
             raise typer.Exit(2)
+        from .io import check_out_dir
+
+        check_out_dir(out)
         det_opts = None if imgsz is None and conf is None else {}
         if imgsz is not None:
             det_opts["imgsz"] = imgsz
@@ -69,7 +79,7 @@ def register(app: typer.Typer) -> None:
             det_opts["conf"] = conf
         res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
                         device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
-                        detector_options=det_opts, progress=progress, log=lambda m: typer.echo(m, err=True))
+                        detector_options=det_opts, progress=progress, images=images, log=lambda m: typer.echo(m, err=True))
         typer.echo(
             f"batch: {res['slides']} slide(s) ({res['slides_done']} done, {res['slides_failed']} failed, "
             f"{res['slides_skipped']} skipped), {res['fields']} image(s) ({res['fields_done']} done, "

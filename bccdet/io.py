@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -41,8 +42,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
     p = Path(path)
     _check_file(p)
+    # ultralytics replaces Image.open with a wrapper that, on a file Pillow cannot identify, tries to
+    # install a HEIF plug-in and then reports *that* failure: use Pillow's own opener for a true reason
+    patches = sys.modules.get("ultralytics.utils.patches")
+    open_image = getattr(patches, "_image_open", None) or Image.open
     try:
-        with Image.open(p) as im:
+        with open_image(p) as im:
             w, h = im.size
             try:
                 orient = im.getexif().get(0x0112, 1)
@@ -81,8 +86,12 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         arr = _read_tiff(p, max_pixels)
         if arr is not None:
             return arr
+    # ultralytics replaces Image.open with a wrapper that, on a file Pillow cannot identify, tries to
+    # install a HEIF plug-in and then reports *that* failure: use Pillow's own opener for a true reason
+    patches = sys.modules.get("ultralytics.utils.patches")
+    open_image = getattr(patches, "_image_open", None) or Image.open
     try:
-        with Image.open(p) as im:
+        with open_image(p) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(
@@ -132,11 +141,12 @@ def _read_tiff(p: Path, max_pixels: int) -> np.ndarray | None:
         return None
     if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (3, 4):
         a = np.moveaxis(a, 0, -1)
-    a = a.astype(np.float64)
     if np.issubdtype(page.dtype, np.integer):
-        a = a / float(np.iinfo(page.dtype).max)
-    elif a.size and a.max() > 1.0:
-        a = a / a.max()
+        a = a.astype(np.float64) / _int_full_scale(a, np.iinfo(page.dtype).bits)
+    else:
+        a = a.astype(np.float64)
+        if a.size and a.max() > 1.0:
+            a = a / a.max()
     a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
@@ -148,6 +158,17 @@ def _read_tiff(p: Path, max_pixels: int) -> np.ndarray | None:
     return np.ascontiguousarray(a[..., :3])
 
 
+def _int_full_scale(a: np.ndarray, nbits: int) -> float:
+    """The white level of integer image data: cameras store 10-, 12- or 14-bit data in 16-bit files, so
+    the smallest of 8/10/12/14/16 bits that holds the data's maximum (scaling a 12-bit image by 65535
+    would make it nearly black and find no cells)."""
+    hi = float(a.max()) if a.size else 0.0
+    for b in (8, 10, 12, 14):
+        if b < nbits and hi <= 2 ** b - 1:
+            return float(2 ** b - 1)
+    return float(2 ** nbits - 1)
+
+
 def array_to_rgb8(a) -> np.ndarray:
     """An image array (gray, (h, w, 1), RGB, RGBA, 16-bit, float in 0..1) -> contiguous RGB uint8;
     alpha is composited on white, as :func:`read_image` does."""
@@ -157,8 +178,8 @@ def array_to_rgb8(a) -> np.ndarray:
     if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"expected an (h, w[, c]) image, got shape {a.shape}")
     if a.dtype != np.uint8:
-        a = np.clip(a.astype(np.float64) / (np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 1.0) * 255 + 0.5,
-                    0, 255).astype(np.uint8)
+        scale = _int_full_scale(a, np.iinfo(a.dtype).bits) if np.issubdtype(a.dtype, np.integer) else 1.0
+        a = np.clip(a.astype(np.float64) / scale * 255 + 0.5, 0, 255).astype(np.uint8)
     if a.shape[2] in (2, 4):
         alpha = a[..., -1:].astype(np.float64) / 255.0
         a = (a[..., :-1] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
@@ -174,7 +195,8 @@ def _to_rgb8(im) -> np.ndarray:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         hi = a.max() if a.size else 0
-        scale = 65535.0 if mode.startswith("I;16") or hi > 255 else 255.0
+        scale = _int_full_scale(a, 16) if mode.startswith("I;16") or (mode == "I" and hi <= 65535) else (
+            float(hi) if hi > 255 else 255.0)
         if mode == "F" and hi <= 1.0:
             scale = 1.0
         a = np.clip(a / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -190,6 +212,21 @@ def _to_rgb8(im) -> np.ndarray:
 # ---------------------------------------------------------------------- atomic writing
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Make sure ``--out`` is a folder we can write to, before any work: one-line ``InputError`` if not."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror or _short(e)})") from None
+    return out
 
 
 def image_files(root: str | Path) -> list[Path]:
@@ -269,7 +306,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
         else:
             os.replace(tmp, final)
     except BaseException:

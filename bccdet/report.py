@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .types import KINDS, Cells, rle_encode
-from .vocab import LABELS
+from .vocab import LABELS, NOT_IN_DIFFERENTIAL
 
 # Adult reference intervals of the WBC differential, percent (typical laboratory ranges; docs/report.md).
 REFERENCE_INTERVALS = {
@@ -30,13 +30,15 @@ DISCLAIMER = "Research use only: flags point a trained reader at cells to review
 
 def summarize(cells: Cells) -> dict[str, Any]:
     counts = cells.counts()
-    labelled = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc" and lab is not None]
+    typed = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc" and lab is not None]
+    labelled = [lab for lab in typed if lab not in NOT_IN_DIFFERENTIAL]  # the leukocytes: the differential's base
     n_lab = len(labelled)
     diff = {}
     for lab in LABELS:
         c = sum(1 for x in labelled if x == lab)
         if c:
             diff[lab] = {"count": c, "percent": round(100.0 * c / n_lab, 1)}
+    other = {lab: n for lab in NOT_IN_DIFFERENTIAL if (n := sum(1 for x in typed if x == lab))}
     flags = []
     n_wbc = counts["wbc"]
     if n_wbc < MIN_WBC_FOR_DIFFERENTIAL:
@@ -53,7 +55,12 @@ def summarize(cells: Cells) -> dict[str, Any]:
             p = diff.get(lab, {"percent": 0.0})["percent"]
             if not lo <= p <= hi:
                 flags.append({"code": "differential_out_of_range", "message": f"{lab} {p}% outside the adult reference interval {lo:g}-{hi:g}%"})
-    return {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
+    out = {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
+    if other:  # nucleus-bearing detections typed erythroblast / platelet: outside the differential
+        out["not_in_differential"] = other
+        if "erythroblast" in other and n_lab:
+            out["nrbc_per_100_wbc"] = round(100.0 * other["erythroblast"] / n_lab, 1)
+    return out
 
 
 def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict[str, Any]:
@@ -151,6 +158,16 @@ def wbc_crops(image: np.ndarray, cells: Cells, margin: float = 0.25) -> list[tup
     return out
 
 
+def _outside_rows(s: dict) -> str:
+    """Differential-table rows for typed cells outside the differential (erythroblasts per 100 WBC, platelets)."""
+    out = []
+    for lab, n in (s.get("not_in_differential") or {}).items():
+        note = (f"{s['nrbc_per_100_wbc']} per 100 WBC" if lab == "erythroblast" and "nrbc_per_100_wbc" in s
+                else "not counted in the differential")
+        out.append(f"<tr><td>{html.escape(lab)}</td><td>{n}</td><td>{note}</td><td></td></tr>")
+    return "".join(out)
+
+
 def render_html(rep: dict, overlay_png: bytes, crops: list[tuple[int, np.ndarray]], cells: Cells) -> str:
     """A self-contained page (images inlined): overlay, counts, differential, WBC gallery, flags."""
     e = html.escape
@@ -159,6 +176,7 @@ def render_html(rep: dict, overlay_png: bytes, crops: list[tuple[int, np.ndarray
     drows = "".join(
         f"<tr><td>{e(k)}</td><td>{v['count']}</td><td>{v['percent']}%</td><td>{_ri(k)}</td></tr>" for k, v in s["differential"].items()
     ) or "<tr><td colspan=4>no classified WBCs</td></tr>"
+    drows += _outside_rows(s)
     flags = "".join(f"<li><b>{e(f['code'])}</b>: {e(f['message'])}</li>" for f in s["flags"]) or "<li>none</li>"
     groups: dict[str, list] = {}
     for i, crop in crops:
@@ -290,6 +308,7 @@ def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
         flags = "".join(f"<li><b>{e(f['code'])}</b>: {e(f['message'])}</li>" for f in s["flags"]) or "<li>none</li>"
         drows = "".join(f"<tr><td>{e(k)}</td><td>{s['counts'].get(k, 0)}</td><td>{v}%</td><td>{_ri(k)}</td></tr>"
                         for k, v in s["differential_percent"].items()) or "<tr><td colspan=4>no classified cells</td></tr>"
+        drows += _outside_rows(s)
         bad = [r for r in rows if not r.get("label")]
         badl = "".join(f"<li>{e(Path(r['file']).name)}: {e(r.get('reason') or '')}</li>" for r in bad)
         groups: dict[str, list[dict]] = {}

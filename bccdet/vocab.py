@@ -12,6 +12,9 @@ PBC_LABELS: tuple[str, ...] = (
 ABNORMAL_LABELS: tuple[str, ...] = ("blast", "promyelocyte", "smudge_cell", "variant_lymphocyte")
 LABELS: tuple[str, ...] = PBC_LABELS + ABNORMAL_LABELS
 """Every label the classifier can output, in a fixed order (column order of p_<label> outputs)."""
+NOT_IN_DIFFERENTIAL: tuple[str, ...] = ("erythroblast", "platelet")
+"""Typed cells left out of the WBC differential, as in a manual count: nucleated red cells are reported per
+100 WBC (``nrbc_per_100_wbc``), platelets are not leukocytes."""
 
 # PBC folder -> label; file-name prefix -> subclass
 PBC_FOLDERS = {

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bccdet.vocab import ABNORMAL_LABELS, LABELS
 
@@ -237,11 +238,16 @@ def test_classify_paths_reports_unreadable_files(trained, tmp_path):
     shutil.copytree(trained["data"][0] / "test" / "blast", folder)
     (folder / "broken.png").write_bytes(b"not an image at all")
     (folder / "empty.jpg").write_bytes(b"")
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(folder / "dot.png")  # not cells: no label, a reason
+    Image.fromarray(np.full((40, 600, 3), 200, np.uint8)).save(folder / "strip.png")
     rows = C.classify_paths([folder], trained["ck"])
-    assert len(rows) == 5
+    assert len(rows) == 7
     bad = {r["file"].rsplit("/", 1)[-1]: r for r in rows if not r["label"]}
-    assert set(bad) == {"broken.png", "empty.jpg"}
+    assert set(bad) == {"broken.png", "empty.jpg", "dot.png", "strip.png"}
     assert "not a readable image" in bad["broken.png"]["reason"] and "empty" in bad["empty.jpg"]["reason"]
+    assert "1x1 px is not a single-cell image" in bad["dot.png"]["reason"]
+    assert "600x40 px is not a single-cell image" in bad["strip.png"]["reason"]
+    rows = [r for r in rows if r["file"].rsplit("/", 1)[-1] not in ("dot.png", "strip.png")]
     good = [r for r in rows if r["label"]]
     for r in good:
         assert r["label"] in LABELS and r["reason"] == ""
@@ -249,8 +255,22 @@ def test_classify_paths_reports_unreadable_files(trained, tmp_path):
         assert r["label_score"] == pytest.approx(max(r[f"p_{k}"] for k in LABELS), abs=1e-4)
     s = C.summary(rows)
     assert s["files"] == 5 and s["unreadable"] == 2 and s["classified"] == 3
-    assert sum(s["counts"].values()) == 3 and sum(s["differential_percent"].values()) == pytest.approx(100, abs=0.2)
+    leuk = sum(v for k, v in s["counts"].items() if k not in ("erythroblast", "platelet"))
+    assert sum(s["counts"].values()) == 3
+    assert sum(s["differential_percent"].values()) == (pytest.approx(100, abs=0.2) if leuk else 0)
     assert 0.0 <= s["apl_score"] <= 1.0 and any(f["code"] == "unreadable" for f in s["flags"])
+
+
+def test_summary_keeps_erythroblasts_and_platelets_out_of_the_differential():
+    def row(lab):
+        return {"file": f"{lab}.png", "label": lab, "label_score": 0.9, "review": False, "reason": "",
+                **{f"p_{k}": float(k == lab) for k in LABELS}}
+
+    rows = [row("neutrophil")] * 30 + [row("lymphocyte")] * 10 + [row("erythroblast")] * 4 + [row("platelet")] * 6
+    s = C.summary(rows, apl_model=None)
+    assert s["counts"] == {"neutrophil": 30, "lymphocyte": 10, "erythroblast": 4, "platelet": 6}
+    assert s["differential_percent"] == {"neutrophil": 75.0, "lymphocyte": 25.0}
+    assert s["not_in_differential"] == {"erythroblast": 4, "platelet": 6} and s["nrbc_per_100_wbc"] == 10.0
 
 
 def test_apl_score_rule():

@@ -282,6 +282,47 @@ def test_roboflow_zip_yolo_and_coco(tmp_path, cli):
     assert line[0] == "1" and abs(float(line[1]) - 14 / 32) < 1e-3
 
 
+def test_roboflow_zip_leaves_nothing_for_the_next_export(tmp_path, cli):
+    exp = tmp_path / "exp"
+    _rf_yolo_export(exp)
+    zips = []
+    for name, keep in (("two.zip", None), ("one.zip", "train")):
+        z = tmp_path / name
+        with zipfile.ZipFile(z, "w") as zf:
+            for p in exp.rglob("*"):
+                if p.is_file() and (keep is None or p.relative_to(exp).parts[0] in (keep, "data.yaml")):
+                    zf.write(p, p.relative_to(exp))
+        zips.append(z)
+    out = tmp_path / "o"
+    assert cli("convert", "roboflow", zips[0], "--out", out).returncode == 0
+    r = cli("convert", "roboflow", zips[1], "--out", out)  # the same OUT again, a smaller export
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["images"] == {"train": 1}  # not 2: no stale files
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "extract" in p.name) == []
+
+
+def test_convert_never_replaces_a_folder_it_did_not_write(tmp_path, cli):
+    src = tmp_path / "src"
+    _rf_yolo_export(src)
+    mine = tmp_path / "research"
+    mine.mkdir()
+    (mine / "thesis.docx").write_text("years of work")
+    r = cli("convert", "roboflow", src, "--out", mine)
+    assert r.returncode == 2 and "not a set converted by bccdet" in r.stderr
+    assert (mine / "thesis.docx").read_text() == "years of work"
+    for out in (src, src / "converted"):  # the input itself, or a folder inside it
+        r = cli("convert", "roboflow", src, "--out", out)
+        assert r.returncode == 2 and "overlaps the input" in r.stderr, r.stderr
+    assert (src / "data.yaml").exists() and not (src / "converted").exists()
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = cli("convert", "roboflow", src, "--out", f)
+    assert r.returncode == 2 and "is a file" in r.stderr and f.read_text() == "x"
+    out = tmp_path / "o"  # an earlier conversion is replaced, as documented
+    assert cli("convert", "roboflow", src, "--out", out).returncode == 0
+    assert cli("convert", "roboflow", src, "--out", out).returncode == 0
+
+
 def test_zip_slip_refused(tmp_path):
     z = tmp_path / "evil.zip"
     with zipfile.ZipFile(z, "w") as zf:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bccdet.io import InputError, atomic_dir, read_image, write_text_atomic
+from bccdet.io import InputError, array_to_rgb8, atomic_dir, read_image, write_text_atomic
 
 
 def test_missing_dir_empty_text(tmp_path):
@@ -125,3 +125,37 @@ def test_image_files_follow_symlinked_folders_without_looping(tmp_path):
     got = image_files(work)
     assert [p.name for p in got] == ["a.png", "b.JPG"]
     assert all(str(p).startswith(str(work)) for p in got)
+
+
+def test_12_bit_data_in_16_bit_files_is_scaled_by_its_bit_depth(tmp_path):
+    import tifffile
+
+    from bccdet.io import check_out_dir
+
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    rgb[0, 0] = 255  # full white present, as on a real field's background
+    tifffile.imwrite(tmp_path / "c12.tif", rgb.astype(np.uint16) * 16)  # 12-bit camera data, max 4080
+    a = read_image(tmp_path / "c12.tif")
+    assert np.abs(a.astype(int) - rgb).max() <= 1  # not scaled by 65535 (nearly black: 0 cells found)
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 16).save(tmp_path / "g12.png")
+    assert np.abs(read_image(tmp_path / "g12.png")[..., 0].astype(int) - rgb[..., 1]).max() <= 1
+    assert np.abs(array_to_rgb8(rgb.astype(np.uint16) * 16).astype(int) - rgb).max() <= 1
+    full = rgb.astype(np.uint16) * 257  # true 16-bit data keeps its scale
+    tifffile.imwrite(tmp_path / "c16.tif", full)
+    assert np.array_equal(read_image(tmp_path / "c16.tif"), rgb)
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        check_out_dir(f)
+    with pytest.raises(InputError, match="cannot write there"):
+        check_out_dir(f / "sub")
+    assert check_out_dir(tmp_path / "new" / "out").is_dir()
+
+
+def test_a_non_image_jpg_gives_pillows_reason_after_ultralytics_is_imported(tmp_path):
+    import ultralytics.utils.patches  # noqa: F401  (replaces PIL.Image.open with a HEIF-installing wrapper)
+
+    (tmp_path / "notimage.jpg").write_text("hello, not a picture\n" * 20)
+    with pytest.raises(InputError, match="cannot identify image file"):
+        read_image(tmp_path / "notimage.jpg")

@@ -48,3 +48,13 @@ def test_report_dict_json_and_geojson():
     gj = geojson_document(c)
     ring = gj["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1] and gj["features"][1]["properties"]["classification"]["name"] == "neutrophil"
+
+
+def test_erythroblasts_and_platelets_stay_out_of_the_differential():
+    labels = ["neutrophil"] * 60 + ["lymphocyte"] * 40 + ["erythroblast"] * 5 + ["platelet"] * 3
+    s = summarize(_cells(len(labels), labels))
+    assert set(s["differential"]) == {"neutrophil", "lymphocyte"}
+    assert s["differential"]["neutrophil"]["percent"] == 60.0  # of the 100 leukocytes, not of 108 typed cells
+    assert s["not_in_differential"] == {"erythroblast": 5, "platelet": 3} and s["nrbc_per_100_wbc"] == 5.0
+    plain = summarize(_cells(2, ["neutrophil", "monocyte"]))
+    assert "not_in_differential" not in plain and "nrbc_per_100_wbc" not in plain

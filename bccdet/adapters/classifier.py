@@ -51,7 +51,7 @@ import numpy as np
 
 from ..io import InputError, expand_inputs, image_files, read_image, sha256_file, write_bytes_atomic, write_text_atomic
 from ..types import Cells
-from ..vocab import ABNORMAL_LABELS, LABELS, normalize_label
+from ..vocab import ABNORMAL_LABELS, LABELS, NOT_IN_DIFFERENTIAL, normalize_label
 
 FORMAT = "bccdet-classifier/1"
 ARCH = "tf_efficientnet_lite0"
@@ -947,6 +947,11 @@ def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClass
 
 
 # ====================================================================== single-cell files
+# single-cell exports are square-ish crops of 200-400 px; far smaller or elongated files are not cells
+MIN_CELL_SIDE = 16
+MAX_CELL_ASPECT = 3.0
+
+
 def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellClassifier, batch_size: int = 32,
                    device: str = "cpu", progress: Callable[[int], None] | None = None) -> list[dict]:
     """Classify single-cell image files (folders are searched for images).
@@ -978,6 +983,10 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
         rows.append(row)
         try:
             img = read_image(f)
+            h, w = img.shape[:2]
+            if min(h, w) < MIN_CELL_SIDE or max(h, w) > MAX_CELL_ASPECT * min(h, w):
+                raise InputError(f"{f}: {w}x{h} px is not a single-cell image (expected a roughly square crop "
+                                 f"of one cell, at least {MIN_CELL_SIDE} px a side)")
         except InputError as e:
             row.update(reason=str(e), review=True)
             if progress:
@@ -1207,7 +1216,10 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     failed = [r for r in rows if not r.get("label")]
     counts = Counter(r["label"] for r in ok)
     n = len(ok)
-    diff = {lab: round(100.0 * counts[lab] / n, 1) for lab in LABELS if counts.get(lab)} if n else {}
+    n_leuk = sum(v for lab, v in counts.items() if lab not in NOT_IN_DIFFERENTIAL)  # the differential's base
+    diff = {lab: round(100.0 * counts[lab] / n_leuk, 1) for lab in LABELS
+            if counts.get(lab) and lab not in NOT_IN_DIFFERENTIAL} if n_leuk else {}
+    other = {lab: counts[lab] for lab in NOT_IN_DIFFERENTIAL if counts.get(lab)}
     flags = []
     if failed:
         flags.append({"code": "unreadable", "message": f"{len(failed)} file(s) could not be read"})
@@ -1234,6 +1246,9 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     return {"files": len(rows), "classified": n, "unreadable": len(failed),
             "counts": {lab: counts[lab] for lab in LABELS if counts.get(lab)}, "differential_percent": diff,
             "review": n_review, "flags": flags, "apl_score": score, "apl_rule": how,
+            **({"not_in_differential": other} if other else {}),
+            **({"nrbc_per_100_wbc": round(100.0 * other["erythroblast"] / n_leuk, 1)}
+               if other.get("erythroblast") and n_leuk else {}),
             **({"prior_adaptation": prior_adaptation} if prior_adaptation is not None else {})}
 
 

@@ -286,6 +286,27 @@ def _sam_masks(sam, s: DetSample, cells: Cells, report: Report) -> Cells:
     return out
 
 
+def check_out(out: str | Path, sources: Iterable[str | Path] = ()) -> None:
+    """Refuse an ``--out`` that a conversion would wrongly replace.
+
+    The converted set replaces ``out`` as a whole when it is complete, so ``out`` must be new, empty or
+    an earlier conversion (``summary.json`` with ``data.yaml`` or ``manifest.csv``), and must neither be,
+    contain nor sit inside an input.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"--out {out} is a file; give a folder for the converted set")
+    ro = out.resolve()
+    for src in sources:
+        rs = Path(src).resolve()
+        if ro == rs or rs in ro.parents or ro in rs.parents:
+            raise ConversionError(f"--out {out} overlaps the input {src}; write the converted set to a folder outside it")
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) and not (
+            (out / "summary.json").is_file() and ((out / "data.yaml").is_file() or (out / "manifest.csv").is_file())):
+        raise ConversionError(f"--out {out} exists and is not a set converted by bccdet; it would be replaced "
+                              "as a whole: choose a new or empty folder")
+
+
 def write_yolo_detection(
     samples: Iterable[DetSample], out: Path, report: Report, task: str = "detect", masks: str = "ellipse",
     names: Sequence[str] = KINDS, extra_yaml: dict | None = None,
