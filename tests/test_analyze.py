@@ -152,3 +152,20 @@ def test_interrupted_run_leaves_no_half_report(tiny_detector, smear, tmp_path):
             continue  # a hidden .partial folder may remain; it is never mistaken for a report
         assert sorted(p.name for p in d.iterdir()) == ["cells.csv", "overlay.png", "report.html", "report.json"]
         json.loads((d / "report.json").read_text())
+
+
+def test_analyze_replaces_only_its_own_earlier_report(tmp_path):
+    import json
+
+    from bccdet.cli import _replaceable
+
+    a, b = tmp_path / "pa" / "field1.jpg", tmp_path / "pb" / "field1.jpg"
+    out = tmp_path / "out"
+    assert _replaceable(out / "field1", a)  # nothing there yet
+    (out / "field1").mkdir(parents=True)
+    (out / "field1" / "report.json").write_text(json.dumps({"image": {"path": str(a)}}))
+    assert _replaceable(out / "field1", a)  # re-running the same image updates its report
+    assert not _replaceable(out / "field1", b)  # another patient's field1.jpg goes to field1_1
+    (out / "notes").mkdir()
+    (out / "notes" / "notes.txt").write_text("precious")
+    assert not _replaceable(out / "notes", tmp_path / "notes.png")  # a folder we did not write is never replaced

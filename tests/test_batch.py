@@ -106,6 +106,23 @@ def test_plan_records_bad_inputs_with_reasons(bccd, tmp_path):
         assert all(f["sha256"] for f in s["fields"] if f["status"] == "pending")
 
 
+def test_images_option_decides_fields_or_single_cells(bccd, tmp_path):
+    small = _fields(bccd, tmp_path / "small", 3, size=(360, 363))  # small smear fields (TXL-PBC has such)
+    big = _fields(bccd, tmp_path / "big", 2)
+    opts = {"tile": 640, "overlap": 192}
+    auto = {s["slide"]: s for s in B.plan_batch([str(small[0].parent), str(big[0].parent)], opts)}
+    assert auto["small"]["kind"] == "cellavision" and auto["big"]["kind"] == "fields"
+    assert any("--images fields" in w["reason"] for w in auto["small"]["warnings"])  # says how to override
+    assert not auto["big"]["warnings"]
+    fields = {s["slide"]: s for s in B.plan_batch([str(small[0].parent)], dict(opts, images="fields"))}
+    assert fields["small"]["kind"] == "fields" and all(f["status"] == "pending" for f in fields["small"]["fields"])
+    assert not fields["small"]["warnings"]
+    cells = {s["slide"]: s for s in B.plan_batch([str(big[0].parent)], dict(opts, images="cells"))}
+    assert cells["big"]["kind"] == "cellavision" and all(f["status"] == "pending" for f in cells["big"]["fields"])
+    r = _invoke(str(small[0].parent), "--out", str(tmp_path / "o"), "--images", "some")
+    assert r.exit_code == 2 and "unknown --images" in r.output
+
+
 def test_slide_summary_equals_summarize_on_concatenated_cells():
     from bccdet.report import summarize
     from bccdet.types import Cells, SmearMeta
@@ -355,6 +372,8 @@ def test_single_cell_export_classified_with_patient_summary(bccd, tmp_path, monk
     # with one: classify_paths + its patient summary (apl_score) -> slide.json, slides.csv
     monkeypatch.setattr(B, "_classifier_available", lambda: True)
     monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
+    monkeypatch.setattr(C, "apl_score_model", lambda model, probs: 0.9)  # an APL-looking patient
+    monkeypatch.setattr(C, "apl_score", lambda p_pro, p_blast: 0.9)
     res = B.run_batch([inp / "Patient_A"], tmp_path / "o2", detector=str(dummy), classifier=str(ck), progress=False,
                       log=lambda m: None)
     slide = json.loads((tmp_path / "o2/Patient_A/slide.json").read_text())
@@ -367,6 +386,11 @@ def test_single_cell_export_classified_with_patient_summary(bccd, tmp_path, monk
 
     df = pd.read_csv(tmp_path / "o2/slides.csv")
     assert len(df) == 1 and df["apl_score"].iloc[0] == pytest.approx(slide["apl_score"])
+    # the patient-level flags (apl_suspected above all) reach the slide summary and the table
+    patient_codes = {f["code"] for f in slide["patient_summary"]["flags"]}
+    assert "apl_suspected" in patient_codes and slide["apl_score"] == 0.9
+    assert patient_codes <= {f["code"] for f in slide["summary"]["flags"]}
+    assert "apl_suspected" in df["flags"].iloc[0].split(";")
     assert len(pd.read_csv(tmp_path / "o2/Patient_A/cells.csv")) == 4
     page = (tmp_path / "o2/Patient_A/report.html").read_text()  # the classify page: flags, differential, gallery
     assert "<h2>Patient_A</h2>" in page and page.count("<figure") == 4
