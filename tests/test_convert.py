@@ -81,6 +81,15 @@ def test_merge_fails_loudly_on_test_leakage(bccd, tmp_path, cli):
     assert r.returncode == 2
     assert "leakage" in r.stderr and "copy.png" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m").exists()
+    # resized and re-encoded copies (half size at JPEG quality 80 sat 5 bits away: missed at the old 4-bit limit)
+    (src / "images/train/copy.png").unlink()
+    (src / "labels/train/copy.txt").unlink()
+    for i, name in enumerate(("BloodImage_00011", "BloodImage_00007", "BloodImage_00021")):
+        Image.open(bccd / f"JPEGImages/{name}.jpg").convert("RGB").resize((320, 240)).save(
+            src / f"images/train/small{i}.jpg", quality=80)
+        (src / f"labels/train/small{i}.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    r = cli("convert", "merge", src, tmp_path / "b", "--out", tmp_path / "m")
+    assert r.returncode == 2 and "3 train/val image(s) also in the test split" in r.stderr, r.stderr
 
 
 @pytest.mark.data
