@@ -514,3 +514,17 @@ def test_close_app_kills_a_stuck_app_server():
         for p in (server, other):
             p.kill()
             p.wait()
+
+
+def test_near_duplicate_pairs_report_the_distance_the_threshold_saw():
+    from bccdet.adapters.fiftyone import near_duplicate_pairs
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 64)).astype(np.float32)
+    emb[7] = emb[3] + 0.05 * rng.normal(size=64)  # a near copy of image 3
+    emb[20] = -emb[11]  # opposite: far apart
+    got = near_duplicate_pairs(emb, 0.05)
+    assert [(i, j) for i, j, _ in got] == [(3, 7)]
+    u, v = emb[3] / np.linalg.norm(emb[3]), emb[7] / np.linalg.norm(emb[7])
+    assert got[0][2] == pytest.approx(1 - float(u @ v), abs=1e-5) and got[0][2] <= 0.05
+    assert near_duplicate_pairs(emb, 0.05, chunk=8) == got  # chunking changes nothing

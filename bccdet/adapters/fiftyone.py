@@ -1068,6 +1068,25 @@ def probe_probabilities(emb: np.ndarray, labels: Sequence[str], seed: int = 0) -
     return classes, probs
 
 
+
+def near_duplicate_pairs(emb: np.ndarray, threshold: float, chunk: int = 2048) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, d), i < j, whose cosine distance d = 1 - cos is at most ``threshold``, each image with its
+    nearest other image. The distance reported is the one the threshold was applied to (fiftyone.brain's
+    ``neighbors_map`` pairs a duplicate with its nearest *kept* image, at another distance)."""
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    pairs: dict[tuple[int, int], float] = {}
+    for a in range(0, len(e), chunk):
+        sim = e[a:a + chunk] @ e.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, a + rows] = -np.inf  # not itself
+        nn = sim.argmax(1)
+        d = 1.0 - sim[rows, nn]
+        for r in np.nonzero(d <= threshold)[0]:
+            i, j = sorted((a + int(r), int(nn[r])))
+            pairs[(i, j)] = max(0.0, float(d[r]))
+    return [(i, j, d) for (i, j), d in sorted(pairs.items())]
+
+
 def curate_classification(data: Path, name: str, predictions: Path | None = None, detector: str | None = None,
                           overwrite: bool = False, splits: Sequence[str] | None = None, device: str = "cpu",
                           near_dup_threshold: float = 0.05, mislabel_threshold: float = 0.7,
@@ -1147,19 +1166,15 @@ def curate_classification(data: Path, name: str, predictions: Path | None = None
                                f"same bytes as {', '.join(others)}; labels {labs}"))
     # near duplicates by embeddings
     if len(view) > 1:
-        nd = fob.compute_near_duplicates(view, threshold=near_dup_threshold, embeddings=EMB_FIELD, progress=False)
-        id_pos = {sid: i for i, sid in enumerate(ids)}
         hashes = view.values("sha256")
-        for a, nbrs in (nd.neighbors_map or {}).items():
-            for b, dist in nbrs:
-                ia, ib = id_pos[a], id_pos[b]
-                if hashes[ia] == hashes[ib]:
-                    continue  # already an exact duplicate
-                conflict = labels[ia] != labels[ib]
-                for i, j in ((ia, ib), (ib, ia)):
-                    sus.append(Suspect(ids[i], paths[i], "", GT_FIELD, labels[i], (0, 0, 0, 0), TAG_NEAR_DUP,
-                                       round(1.0 - float(dist), 4),
-                                       f"distance {dist:.3f} to {Path(paths[j]).name} ({labels[j]})" + ("; labels differ" if conflict else "")))
+        for ia, ib, dist in near_duplicate_pairs(np.asarray(view.values(EMB_FIELD), np.float32), near_dup_threshold):
+            if hashes[ia] == hashes[ib]:
+                continue  # already an exact duplicate
+            conflict = labels[ia] != labels[ib]
+            for i, j in ((ia, ib), (ib, ia)):
+                sus.append(Suspect(ids[i], paths[i], "", GT_FIELD, labels[i], (0, 0, 0, 0), TAG_NEAR_DUP,
+                                   round(1.0 - float(dist), 4),
+                                   f"distance {dist:.3f} to {Path(paths[j]).name} ({labels[j]})" + ("; labels differ" if conflict else "")))
     by_tag: dict[str, list[str]] = {}
     for s in sus:
         by_tag.setdefault(s.reason, []).append(s.sample_id)
