@@ -32,6 +32,20 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 
 
+def _device_option(value: str) -> str:
+    from .runtime import check_device
+
+    try:
+        return check_device(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def device_option(help: str = "cpu, cuda or cuda:N.") -> str:
+    """The ``--device`` option of every command: checked when parsed (exit 2 with one reason)."""
+    return typer.Option("cpu", "--device", help=help, callback=_device_option)
+
+
 def _err(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
 
@@ -82,7 +96,7 @@ def analyze(
     out: Path = typer.Option(Path("bccdet-out"), "--out", "-o", help="Output folder; one sub-folder per image."),
     sample: bool = typer.Option(False, "--sample", help="Analyse the sample smear (first BCCD test image)."),
     detector: Optional[str] = typer.Option(None, help="Detector name from weights/registry.json or a .pt file."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = device_option(),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine WBC and platelet masks with SAM (LiteMedSAM)."),
     classify: bool = typer.Option(True, "--classify/--no-classify", help="Classify leukocytes."),
     fmt: List[str] = typer.Option([], "--format", help="Extra exports: coco, geojson (repeatable)."),
@@ -327,7 +341,7 @@ def train_detector(
     init: Optional[str] = typer.Option("tau-fibrils", help="Backbone init: tau-fibrils, none, or a .pt file."),
     epochs: int = typer.Option(50), imgsz: int = typer.Option(416), batch: int = typer.Option(16),
     project: Path = typer.Option(Path("runs/detector")), name: str = typer.Option("train"),
-    device: str = typer.Option("cpu"), workers: int = typer.Option(2),
+    device: str = device_option(), workers: int = typer.Option(2),
     fraction: float = typer.Option(1.0, help="Fraction of the training images to use."),
     resume: bool = typer.Option(False, help="Resume from PROJECT/NAME/weights/last.pt."),
     arg: List[str] = typer.Option([], "--arg", help="Extra ultralytics train argument KEY=VALUE (repeatable), e.g. close_mosaic=3."),
@@ -395,7 +409,7 @@ def classify(
     paths: List[Path] = typer.Argument(..., help="Single-cell images or folders (searched recursively), e.g. a CellaVision export."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: cells.csv, summary.json, report.html."),
     classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = device_option(),
     batch: int = typer.Option(32, help="Crops per forward pass."),
     patients: str = typer.Option("call", "--patients",
                                  help="Who is one patient: 'call' (everything given), 'path' (each PATH), 'folder' (each "
@@ -502,7 +516,7 @@ def train_classifier(
     freeze_epochs: int = typer.Option(1, help="Epochs training the head only before unfreezing all."),
     samples_per_epoch: Optional[int] = typer.Option(None, help="Balanced draws per epoch (default: the train size)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
-    device: str = typer.Option("cpu"),
+    device: str = device_option(),
     init: Optional[str] = typer.Option(None, help="Start from this classifier (registered name or .pt) instead of ImageNet."),
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
@@ -529,7 +543,7 @@ def evaluate_classifier(
     weights: Optional[str] = typer.Option(None, help="Classifier name or .pt (default: the registered default)."),
     split: str = typer.Option("test"), out: Optional[Path] = typer.Option(None, help="Folder for metrics JSON + confusion PNG."),
     context: float = typer.Option(1.0, help="<1: crop the image centre first (field-like framing check)."),
-    device: str = typer.Option("cpu"),
+    device: str = device_option(),
 ):
     """Accuracy, macro-F1, per-class precision / sensitivity / specificity and a confusion matrix."""
     from .adapters.classifier import evaluate
@@ -554,7 +568,7 @@ def evaluate_detector(
     data: Path = typer.Option(..., help="data.yaml of a converted detect/segment set."),
     weights: Optional[str] = typer.Option(None, help="Detector name or .pt (default: the registered default)."),
     split: str = typer.Option("test", help="train, val or test."),
-    imgsz: int = typer.Option(416), batch: int = typer.Option(8), device: str = typer.Option("cpu"),
+    imgsz: int = typer.Option(416), batch: int = typer.Option(8), device: str = device_option(),
     iou: float = typer.Option(0.6, help="NMS IoU threshold."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ):

@@ -14,7 +14,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the ``batch`` command to ``app`` (idempotent)."""
-    from .cli import _err, friendly
+    from .cli import _err, device_option, friendly
 
     if any(getattr(c, "name", None) == "batch" for c in app.registered_commands):
         return
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             None, help="Detector name from weights/registry.json or a .pt file (--resume: the batch's own)."),
         classifier: Optional[str] = typer.Option(
             None, help="Classifier name from weights/registry.json or a .pt file (default: the registered one)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = device_option(),
         classify: Optional[bool] = typer.Option(
             None, "--classify/--no-classify", help="Classify leukocytes when a classifier is registered (the default)."),
         refine: Optional[bool] = typer.Option(

@@ -87,7 +87,7 @@ def _timings(t: dict) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the curation commands to ``app`` (idempotent)."""
-    from .cli import friendly  # here, not at module level: bccdet.cli imports this module while it loads
+    from .cli import device_option, friendly  # here, not at module level: bccdet.cli imports this module while it loads
 
     have = {c.name for c in app.registered_commands}
     if "curate" in have:
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         launch: bool = typer.Option(False, "--launch", help="Serve the FiftyOne App on the dataset when done."),
         port: int = typer.Option(5151, help="App port (--launch)."),
         address: str = typer.Option("127.0.0.1", help="App address (--launch)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = device_option(),
         verbose: bool = typer.Option(False, "--verbose", help="Show FiftyOne's progress logs."),
     ):
         """Build/update a FiftyOne dataset from a YOLO data set, add bccdet predictions, evaluate, run the brain, tag suspected label errors (ranked CSV)."""
@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
         launch: bool = typer.Option(False, "--launch", help="Serve the FiftyOne App on the dataset when done."),
         port: int = typer.Option(5151, help="App port (--launch)."),
         address: str = typer.Option("127.0.0.1", help="App address (--launch)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = device_option(),
         verbose: bool = typer.Option(False, "--verbose", help="Show FiftyOne's progress logs."),
     ):
         """Curate a single-cell classification set: label mistakenness from class probabilities, hardness, uniqueness, exact and near duplicates."""

@@ -37,3 +37,23 @@ def tune_malloc(limit: int = 512 << 20) -> bool:
         return False
     _DONE = bool(ok)
     return _DONE
+
+
+def check_device(device: str | None) -> str:
+    """``--device`` as given when this machine can run it: ``cpu``, ``cuda`` or ``cuda:N``; else a one-line
+    ``ValueError`` (an unknown name, or CUDA asked for where torch sees no GPU)."""
+    import re
+
+    d = (device or "cpu").strip()
+    if d.lower() == "cpu":
+        return "cpu"
+    if not re.fullmatch(r"cuda(:\d+)?", d.lower()):
+        raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N")
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise ValueError(f"{device}: no CUDA GPU is visible here (torch.cuda.is_available() is False); use --device cpu")
+    if ":" in d and int(d.split(":")[1]) >= n:
+        raise ValueError(f"{device}: only {n} CUDA GPU(s) visible (cuda:0..cuda:{n - 1})")
+    return d.lower()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def default_name(task: str) -> str | None:
     return None
 
 
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".safetensors", ".bin")
+
+
 def resolve(name_or_path: str | None, task: str) -> tuple[Path, str, str]:
     """(file, name, sha256) for a registered name, a path, or the task's default; raises WeightsError."""
     if name_or_path and Path(name_or_path).is_file():
@@ -57,9 +61,14 @@ def resolve(name_or_path: str | None, task: str) -> tuple[Path, str, str]:
     if name not in reg:
         import difflib
 
-        hint = difflib.get_close_matches(name, list(reg), n=1)
-        raise WeightsError(f"unknown {task} model {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {sorted(reg)}"))
+        if Path(name).suffix.lower() in WEIGHT_SUFFIXES or "/" in name or os.sep in name:
+            raise WeightsError(f"{name}: no such weights file")
+        same_task = sorted(k for k, m in reg.items() if m.task == task)
+        hint = difflib.get_close_matches(name, same_task, n=1)
+        raise WeightsError(f"unknown {task} model {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {same_task}"))
     m = reg[name]
+    if m.task != task:
+        raise WeightsError(f"{name!r} is a registered {m.task} model, not a {task}")
     for p in (WEIGHTS_DIR / m.file, cache_dir() / m.file):
         if p.is_file():
             got = sha256_file(p)

@@ -53,3 +53,29 @@ def test_shipped_registry_files_match():
         assert p.is_file(), f"{m.name}: {p} missing"
         assert sha256_file(p) == m.sha256, f"{m.name}: sha256 mismatch"
         assert (W.WEIGHTS_DIR / m.card).is_file(), f"{m.name}: model card {m.card} missing"
+
+
+def test_resolve_names_the_file_and_the_task():
+    from bccdet.weights import WeightsError, registry, resolve
+
+    with pytest.raises(WeightsError, match="no such weights file"):
+        resolve("/nowhere/mistyped.pt", "detector")
+    clf = next(n for n, m in registry().items() if m.task == "classifier")
+    with pytest.raises(WeightsError, match="is a registered classifier model, not a detector"):
+        resolve(clf, "detector")
+    with pytest.raises(WeightsError) as e:
+        resolve("no-such-model", "detector")
+    assert clf not in str(e.value)  # the known list names only models of the asked task
+
+
+def test_device_option_is_checked_before_any_work():
+    from bccdet.runtime import check_device
+
+    assert check_device("cpu") == "cpu" and check_device(None) == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        check_device("gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            check_device("cuda")
