@@ -228,7 +228,10 @@ def register(app: typer.Typer) -> None:
         from .adapters.fiftyone import install_plugin
 
         dst = install_plugin(plugins_dir, copy=copy, overwrite=overwrite)
-        typer.echo(f"installed {dst}: operators @bccdet/bccdet/run_detector, find_label_mistakes, export_yolo")
+        import yaml
+
+        ops = yaml.safe_load((Path(dst) / "fiftyone.yml").read_text()).get("operators", [])
+        typer.echo(f"installed {dst}: operators " + ", ".join(f"@bccdet/bccdet/{o}" for o in ops))
 
 
 def main() -> None:

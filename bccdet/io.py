@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -47,7 +48,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     patches = sys.modules.get("ultralytics.utils.patches")
     open_image = getattr(patches, "_image_open", None) or Image.open
     try:
-        with open_image(p) as im:
+        with warnings.catch_warnings(), open_image(p) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # read_image's limit says it in one line
             w, h = im.size
             try:
                 orient = im.getexif().get(0x0112, 1)
@@ -55,6 +57,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 orient = 1
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(f"{p}: not a readable image ({_short(e)})") from None
+    except Image.DecompressionBombError:
+        raise InputError(f"{p}: image is above {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP; " + TOO_BIG_ADVICE) from None
     return (h, w) if orient in (5, 6, 7, 8) else (w, h)
 
 
@@ -70,6 +74,10 @@ def _check_file(p: Path) -> None:
 def _short(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return s[0][:200] if s else type(e).__name__
+
+
+TOO_BIG_ADVICE = ("split it into fields, or save it as a tiled TIFF (e.g. `vips tiffsave IN OUT.tif --tile --pyramid`) "
+                  "and run `bccdet batch OUT.tif`, which tiles whole-slide scans")
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -91,12 +99,13 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     patches = sys.modules.get("ultralytics.utils.patches")
     open_image = getattr(patches, "_image_open", None) or Image.open
     try:
-        with open_image(p) as im:
+        with warnings.catch_warnings(), open_image(p) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below says it in one line
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(
                     f"{p}: image is {w}x{h} ({w * h / 1e6:.0f} MP), above the {max_pixels / 1e6:.0f} MP limit; "
-                    "split it into fields or use `bccdet batch` for whole-slide scans"
+                    + TOO_BIG_ADVICE
                 )
             im.load()
             im = ImageOps.exif_transpose(im)
@@ -106,10 +115,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"{p}: not a readable image ({_short(e)})") from None
     except Image.DecompressionBombError:
-        raise InputError(
-            f"{p}: image is above the {max_pixels / 1e6:.0f} MP limit; split it into fields or use `bccdet batch` "
-            "for whole-slide scans"
-        ) from None
+        raise InputError(f"{p}: image is above the {max_pixels / 1e6:.0f} MP limit; " + TOO_BIG_ADVICE) from None
     except Exception as e:  # any other failure inside a decoder plug-in: the file is unreadable to us
         raise InputError(f"{p}: not a readable image ({type(e).__name__}: {_short(e)})") from None
     return arr
@@ -129,8 +135,7 @@ def _read_tiff(p: Path, max_pixels: int) -> np.ndarray | None:
                 hw = shape[:2] if len(shape) == 2 or shape[-1] in (1, 3, 4) else shape[-2:]
                 if int(hw[0]) * int(hw[1]) > max_pixels:
                     raise InputError(
-                        f"{p}: image is {hw[1]}x{hw[0]}, above the {max_pixels / 1e6:.0f} MP limit; split it into "
-                        "fields or use `bccdet batch` for whole-slide scans"
+                        f"{p}: image is {hw[1]}x{hw[0]}, above the {max_pixels / 1e6:.0f} MP limit; " + TOO_BIG_ADVICE
                     )
             if page.dtype is None or page.dtype.itemsize == 1:
                 return None  # 8-bit: Pillow handles it (and EXIF orientation)

@@ -394,6 +394,8 @@ def test_plugin_operators(ds_name, bccd_yolo, pbc_cls, tiny_detector, tmp_path, 
     uris = {o.uri for o in foo.list_operators(builtin=False)}
     assert {"@bccdet/bccdet/run_detector", "@bccdet/bccdet/classify_cells", "@bccdet/bccdet/find_label_mistakes",
             "@bccdet/bccdet/export_yolo"} <= uris
+    said = set(r.stdout.split("operators ", 1)[1].strip().split(", "))
+    assert said == {u for u in uris if u.startswith("@bccdet/")}  # the install message names every operator
 
     ds, _ = bf.build_detection_dataset(bccd_yolo, ds_name(), splits=["train"], log=lambda m: None)
     sel = ds.take(2, seed=0).values("id")
