@@ -184,7 +184,7 @@ def _expand(inp: str) -> list[dict]:
     if not p.exists() and any(c in inp for c in "*?["):
         hits = sorted(_glob.glob(os.path.expanduser(inp), recursive=True))
         if not hits:
-            return [_failed_spec(inp, "glob matched nothing")]
+            return [_failed_spec(inp, f"glob {inp!r} matched nothing")]
         out = []
         for h in hits:
             if Path(h).name.startswith("."):
@@ -258,13 +258,16 @@ def _expand_csv(p: Path) -> list[dict]:
         pi, si = 0, None
     out: list[dict] = []
     groups: dict[str, dict] = {}
-    for r in rows:
+    for line, r in enumerate(rows, 2 if "path" in header else 1):
         raw = r[pi].strip() if len(r) > pi else ""
         if not raw:
             continue
         q = Path(os.path.expanduser(raw))
         q = q if q.is_absolute() else p.parent / q
         slide = r[si].strip() if si is not None and len(r) > si else ""
+        if not slide and not q.exists() and not any(c in raw for c in "*?["):
+            out.append(_failed_spec(raw, f"{p.name} line {line}: {raw}: no such file or folder"))
+            continue
         if slide:
             if slide not in groups:
                 groups[slide] = _spec(_sanitize(slide), "fields", [f"{p}#{slide}"])

@@ -333,6 +333,27 @@ def convert_folder(root: Path = typer.Argument(..., help="ROOT/<class>/* or ROOT
 
 
 # ---------------------------------------------------------------------- train
+def _check_data_yaml(data: Path) -> None:
+    """A YOLO data.yaml whose train images exist, checked before ultralytics creates a run folder."""
+    import yaml
+
+    if not data.is_file():
+        raise InputError(f"{data}: no such data.yaml")
+    try:
+        cfg = yaml.safe_load(data.read_text(errors="strict"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InputError(f"{data}: not a YAML file ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or "train" not in cfg or "names" not in cfg:
+        raise InputError(f"{data}: not a YOLO data.yaml (needs train: and names:; make one with `bccdet convert`)")
+    base = Path(cfg.get("path") or data.parent)
+    if not base.is_absolute():
+        base = data.parent / base
+    for sp in ("train", "val"):
+        for rel in ([cfg[sp]] if isinstance(cfg.get(sp), str) else cfg.get(sp) or []):
+            if not (base / rel).exists():
+                raise InputError(f"{data}: {sp} images {base / rel} do not exist")
+
+
 @train_app.command("detector")
 @friendly
 def train_detector(
@@ -351,8 +372,7 @@ def train_detector(
 
     from .adapters.yolo import train
 
-    if not data.exists():
-        raise InputError(f"{data}: no such data.yaml")
+    _check_data_yaml(data)
     extra = {}
     for a in arg:
         k, sep, v = a.partition("=")

@@ -100,7 +100,7 @@ def test_plan_records_bad_inputs_with_reasons(bccd, tmp_path):
     assert by["Patient_X"]["kind"] == "cellavision" and len(by["Patient_X"]["fields"]) == 2
     assert {f.get("given_class") for f in by["Patient_X"]["fields"]} == {"Lymphocyte", "Segmented neutrophils"}
     assert by["nowhere"]["error"] == "no such file or folder"
-    assert by["nothing_"]["error"] == "glob matched nothing"
+    assert by["nothing_"]["error"] == f"glob {str(inp / 'nothing*.jpg')!r} matched nothing"
     assert [f["path"] for f in by["from_csv"]["fields"]] == [str(p) for p in loose]
     for s in slides:  # every field record has a sha256 when its file exists
         assert all(f["sha256"] for f in s["fields"] if f["status"] == "pending")
@@ -415,3 +415,10 @@ def test_ray_backend_same_outputs_as_local(bccd, tiny_detector, tmp_path):
         ray.shutdown()
     assert not res["failed"] and res["fields_done"] == 4
     _assert_same(B.output_snapshot(tmp_path / "local"), B.output_snapshot(tmp_path / "ray"))
+
+
+def test_a_csv_list_names_itself_and_the_line_of_a_missing_path(tmp_path):
+    lst = tmp_path / "slides.csv"
+    lst.write_text("path\n/nowhere/a.jpg\n")
+    (spec,) = B.expand_inputs([str(lst)])
+    assert spec["error"] == "slides.csv line 2: /nowhere/a.jpg: no such file or folder"

@@ -385,7 +385,7 @@ def test_convert_fix_applies_every_edit(tmp_path, cli):
     corr.write_text(
         "# reviewed\nsplit,image,action,kind,x1,y1,x2,y2,reason\n"
         "test,f1,relabel,wbc,102,18,158,82,platelet is a WBC\n"
-        "test,src__f1,add,rbc,150,5,190,45,missing RBC\n"
+        "test,src__f1.jpg,add,rbc,150,5,190,45,missing RBC\n"  # a file name (as in suspects.csv) works too
         "test,f1,delete,,20,10,60,50,not a cell\n"
     )
     r = cli("convert", "fix", src, "--corrections", corr, "--out", tmp_path / "o", "--task", "detect")

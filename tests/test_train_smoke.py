@@ -66,3 +66,13 @@ def test_converted_pbc_trains_one_epoch_classify(data_root, tmp_path, cli):
     rows = list(csv.DictReader(open(tmp_path / "runs/cls/results.csv")))
     assert len(rows) == 1 and "metrics/accuracy_top1" in {k.strip() for k in rows[0]}
     assert (tmp_path / "runs/cls/weights/last.pt").exists()
+
+
+def test_train_detector_refuses_a_bad_data_yaml_before_making_a_run_folder(tmp_path, cli):
+    (tmp_path / "notes.jpg").write_text("not a data.yaml\n")
+    (tmp_path / "d.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: {0: rbc}\n")
+    for data, why in ((tmp_path / "notes.jpg", "not a YOLO data.yaml"), (tmp_path / "d.yaml", "do not exist"),
+                      (tmp_path / "none.yaml", "no such data.yaml")):
+        r = cli("train", "detector", "--data", data, "--project", tmp_path / "runs", "--epochs", "1")
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing left behind for a later run to trip over

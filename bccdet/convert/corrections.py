@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError
+from ..io import IMAGE_SUFFIXES, InputError
 from ..types import KINDS, Cells, box_iou
 from .common import DetSample, Report, ellipse_masks
 
@@ -61,6 +61,11 @@ def read_corrections(path: str | Path) -> list[dict]:
 
 
 def _stem_matches(stem: str, name: str) -> bool:
+    """``name`` as written in the corrections file: a stem or a file name (``bccd__X.jpg``), with or
+    without the source prefix."""
+    name = name.strip()
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        name = Path(name).stem
     return stem == name or stem.split("__", 1)[-1] == name
 
 
