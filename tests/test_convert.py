@@ -208,12 +208,14 @@ def test_bad_input_is_reported_by_file_and_reason(tmp_path, cli):
 
 
 def test_unusable_input_exit_2(tmp_path, cli):
-    r = cli("convert", "bccd", tmp_path, "--out", tmp_path / "o")
+    src = tmp_path / "src"
+    src.mkdir()
+    r = cli("convert", "bccd", src, "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     r = cli("convert", "pbc", tmp_path / "missing", "--out", tmp_path / "o")
     assert r.returncode == 2 and "not a folder" in r.stderr
-    r = cli("convert", "merge", tmp_path, "--out", tmp_path / "o")
+    r = cli("convert", "merge", src, "--out", tmp_path / "o")
     assert r.returncode == 2 and "data.yaml" in r.stderr
 
 
