@@ -584,7 +584,7 @@ class Worker:
         buf = io.StringIO()
         w = csv.writer(buf)
         pcols = [f"p_{lab}" for lab in LABELS]
-        w.writerow(["name", "path", "given_class", "label", "label_score", "review", *pcols])
+        w.writerow(["name", "path", "given_class", "label", "label_score", "review", *pcols, "unfamiliar"])
         counts = {"rbc": 0, "wbc": 0, "platelet": 0}
         labels, failed = [], {}
         for f, r in zip(t["fields"], rows):
@@ -598,7 +598,8 @@ class Worker:
                 labels.append(lab)
             sc = r.get("label_score")
             w.writerow([f["name"], f["path"], f.get("given_class") or "", lab, "" if sc is None else f"{float(sc):.4f}",
-                        int(bool(r.get("review"))), *("" if r.get(c) is None else f"{float(r[c]):.4f}" for c in pcols)])
+                        int(bool(r.get("review"))), *("" if r.get(c) is None else f"{float(r[c]):.4f}" for c in pcols),
+                        "" if r.get("unfamiliar") is None else int(r["unfamiliar"])])
         text = buf.getvalue()
         ps = patient_summary(rows)
         from .report import classify_html

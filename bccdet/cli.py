@@ -466,7 +466,8 @@ def classify(
     clf = load_classifier(classifier, device)
     buf = io.StringIO()
     wr = csv.writer(buf)
-    wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone", "patient"])
+    wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone", "patient",
+                 "unfamiliar"])
     summaries: dict[str, dict] = {}
     pages = []
     unreadable = 0
@@ -481,7 +482,8 @@ def classify(
             score = "" if r["label_score"] is None else f"{r['label_score']:.4f}"
             wr.writerow([r["file"], r["label"], score, int(bool(r["review"])), r["reason"],
                          *("" if r[f"p_{k}"] is None else f"{r[f'p_{k}']:.4f}" for k in LABELS),
-                         r.get("label_alone", r["label"]), patient])
+                         r.get("label_alone", r["label"]), patient,
+                         "" if r.get("unfamiliar") is None else int(r["unfamiliar"])])
             if r["reason"]:
                 _err(r["reason"])
         summ = summary(rows, prior_adaptation=adaptation)

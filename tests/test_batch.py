@@ -333,9 +333,13 @@ class _FakeClassifier:
     """Stands in for adapters.classifier.CellClassifier: 'promyelocyte' for reddish crops, else 'lymphocyte'."""
 
     threshold = 0.5
+    familiarity = None
 
     def __init__(self, checkpoint, device="cpu", name="", sha256=""):
         self.name, self.sha256 = name, sha256
+
+    def predict_crops_familiarity(self, crops, batch_size=32):
+        return self.predict_crops(crops, batch_size), None
 
     def crop_single(self, image):
         return image

@@ -369,7 +369,7 @@ def test_abnormal_labels_and_low_confidence_go_to_review(trained, monkeypatch):
                 p[j, LABELS.index(lab)] = v
         return p
 
-    monkeypatch.setattr(C.CellClassifier, "predict_crops", fake)
+    monkeypatch.setattr(C.CellClassifier, "predict_crops_familiarity", lambda self, crops, batch_size=32: (fake(self, crops), None))
     img = np.full((100, 100, 3), BG, np.uint8)
     cells = Cells(xyxy=[[10, 10, 30, 30], [40, 40, 60, 60], [70, 70, 90, 90], [5, 60, 15, 70]],
                   kind=["wbc", "wbc", "wbc", "rbc"])
@@ -472,3 +472,42 @@ def test_adapt_rows_relabels_a_normal_call_and_keeps_what_each_cell_said():
     few = _rows(p[50:60])
     info = C.adapt_rows(few, None, C.REVIEW_THRESHOLD)
     assert not info["applied"] and "fewer than 20" in info["reason"] and "label_alone" not in few[0]
+
+
+def test_familiarity_flags_cells_unlike_the_training_data(trained, tmp_path):
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(32, 4)))[0].T  # training features live in a 4-d subspace
+    train = rng.normal(size=(400, 4)) @ basis + 0.01 * rng.normal(size=(400, 32))
+    val = rng.normal(size=(100, 4)) @ basis + 0.01 * rng.normal(size=(100, 32))
+    model = C.fit_familiarity(train, val, k=4, quantile=95)
+    like = rng.normal(size=(200, 4)) @ basis + 0.01 * rng.normal(size=(200, 32))
+    unlike = like + 0.2 * rng.normal(size=(200, 32))  # off the subspace: another lab, camera or stain
+    assert (C.familiarity_scores(model, like) > model["threshold"]).mean() < 0.15
+    assert (C.familiarity_scores(model, unlike) > model["threshold"]).mean() > 0.95
+    # saved beside a checkpoint, loaded only by the classifier it was made for
+    ck = trained["ck"]
+    from bccdet.io import sha256_file
+
+    dest = C.familiarity_path(ck)
+    C.save_familiarity(model, dest, sha256_file(ck))
+    try:
+        back = C.load_familiarity(dest, sha256_file(ck))
+        assert back is not None and back["threshold"] == pytest.approx(model["threshold"])
+        assert C.load_familiarity(dest, "0" * 64) is None
+        assert np.allclose(C.familiarity_scores(back, unlike), C.familiarity_scores(model, unlike), rtol=0.02)
+    finally:
+        dest.unlink()
+
+
+def test_summary_flags_a_call_of_unfamiliar_cells():
+    def row(lab, unfamiliar):
+        return {"file": "x.png", "label": lab, "label_score": 0.9, "review": unfamiliar, "reason": "",
+                "unfamiliar": unfamiliar, **{f"p_{k}": float(k == lab) for k in LABELS}}
+
+    few = [row("neutrophil", i < 3) for i in range(30)]  # 10 %: a usual call
+    many = [row("neutrophil", i < 15) for i in range(30)]  # 50 %: another lab
+    assert "unfamiliar_images" not in {f["code"] for f in C.summary(few, apl_model=None)["flags"]}
+    s = C.summary(many, apl_model=None)
+    assert "unfamiliar_images" in {f["code"] for f in s["flags"]} and s["unfamiliar"] == 15
+    unscored = [dict(r, unfamiliar=None) for r in many]  # a classifier without a familiarity file
+    assert "unfamiliar" not in C.summary(unscored, apl_model=None)

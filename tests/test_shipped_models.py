@@ -72,6 +72,10 @@ def test_shipped_classifier_types_real_pbc_cells(data_root):
     got = [LABELS[i] for i in probs.argmax(1)]
     right = sum(g == t for g, t in zip(got, truth))
     assert right >= len(truth) - 1, list(zip(truth, got))
+    # the shipped familiarity file belongs to this classifier, and PBC's own cells look familiar
+    assert clf.familiarity is not None, "weights/<classifier>.familiarity.npz missing or made for other weights"
+    _, fam = clf.predict_crops_familiarity(crops)
+    assert (fam > clf.familiarity["threshold"]).sum() <= 1, fam
 
 
 def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
@@ -143,3 +147,7 @@ def test_call_level_prior_adaptation_helps_on_another_labs_normal_cells(data_roo
     assert s["prior_adaptation"]["applied"] and s["prior_adaptation"]["labels_changed"] > 0
     assert "prior_adaptation" not in t
     assert s["apl_score"] == t["apl_score"]  # the patient model reads the cells' own probabilities
+    # this lab's cells look unlike the training images, and the call says so (bench/classifier_familiarity.py: 48 %)
+    assert 30 <= t["unfamiliar"] <= 70 and "unfamiliar_images" in {f["code"] for f in t["flags"]}
+    unf = [k for k, x in out["--no-adapt"].items() if x["unfamiliar"] == "1"]
+    assert len(unf) == t["unfamiliar"] and all(out["--no-adapt"][k]["review"] == "1" for k in unf)

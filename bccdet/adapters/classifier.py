@@ -799,6 +799,90 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+# ====================================================================== familiarity (is this cell like the training data?)
+# A cell is "unfamiliar" when its penultimate features lie far outside the subspace the training cells
+# span: the residual energy after projecting onto the top-k principal components of the training
+# features, in units of the training cells' mean residual. Chosen in bench/classifier_familiarity.py
+# (2026-11-25) against PCA-Mahalanobis, their sum and k-NN distance: cells of another lab (wbc-seg) vs
+# PBC test AUROC 0.93, BCCD phone-camera WBC crops 0.99. The threshold is the 95th percentile of the
+# validation cells (PBC + DeepAPL val). A call is flagged when at least UNFAMILIAR_CALL_FRACTION of its
+# cells are unfamiliar: PBC test 1.5 %, held-out DeepAPL patients at most 30 %, wbc-seg 48 %, BCCD 87 %.
+FAMILIARITY_FORMAT = "bccdet-familiarity/1"
+FAMILIARITY_K = 64
+FAMILIARITY_QUANTILE = 95.0
+UNFAMILIAR_CALL_FRACTION = 0.35
+UNFAMILIAR_MIN_CELLS = 10
+
+
+def familiarity_path(checkpoint: str | Path) -> Path:
+    """Where a classifier's familiarity file sits: beside it, ``NAME.familiarity.npz``."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".familiarity.npz")
+
+
+def fit_familiarity(train_emb: np.ndarray, val_emb: np.ndarray, k: int = FAMILIARITY_K,
+                    quantile: float = FAMILIARITY_QUANTILE) -> dict:
+    """The subspace of the training features (mean, top-``k`` principal directions), their mean
+    residual energy and the ``quantile`` of the validation cells' scores as the threshold."""
+    x = np.asarray(train_emb, np.float64)
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    model = {"mean": mean.astype(np.float32), "components": vt[:k].astype(np.float32), "resid_scale": 1.0,
+             "threshold": np.inf}
+    model["resid_scale"] = float(np.mean(_residual(model, x)))
+    model["threshold"] = float(np.percentile(familiarity_scores(model, val_emb), quantile))
+    return model
+
+
+def _residual(model: dict, emb: np.ndarray) -> np.ndarray:
+    d = np.asarray(emb, np.float64) - model["mean"]
+    v = np.asarray(model["components"], np.float64)
+    r = d - (d @ v.T) @ v
+    return (r * r).sum(1)
+
+
+def familiarity_scores(model: dict, emb: np.ndarray) -> np.ndarray:
+    """Unfamiliarity per cell: 1 = a typical training cell; above ``model['threshold']``: unfamiliar."""
+    if emb is None or len(emb) == 0:
+        return np.zeros(0, np.float64)
+    return _residual(model, emb) / model["resid_scale"]
+
+
+def save_familiarity(model: dict, path: str | Path, classifier_sha256: str, **provenance) -> Path:
+    """Write the familiarity file (numbers only: loads with ``allow_pickle=False``)."""
+    import io as _io
+    import json
+
+    buf = _io.BytesIO()
+    np.savez_compressed(buf, mean=model["mean"].astype(np.float16), components=model["components"].astype(np.float16),
+                        resid_scale=np.float64(model["resid_scale"]), threshold=np.float64(model["threshold"]),
+                        meta=np.frombuffer(json.dumps({"format": FAMILIARITY_FORMAT, "classifier_sha256": classifier_sha256,
+                                                       **provenance}).encode(), np.uint8))
+    from ..io import write_bytes_atomic
+
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
+
+
+def load_familiarity(path: str | Path, classifier_sha256: str | None = None) -> dict | None:
+    """The familiarity model, or None when the file is absent or made for another classifier."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            model = {"mean": z["mean"].astype(np.float32), "components": z["components"].astype(np.float32),
+                     "resid_scale": float(z["resid_scale"]), "threshold": float(z["threshold"]), "meta": meta}
+    except Exception:
+        return None
+    if meta.get("format") != FAMILIARITY_FORMAT or (classifier_sha256 and meta.get("classifier_sha256") != classifier_sha256):
+        return None
+    return model
+
+
 # ====================================================================== the stage
 def assign_labels(probs: np.ndarray, kinds: Sequence[str] | None = None,
                   threshold: float = REVIEW_THRESHOLD) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -849,6 +933,7 @@ class CellClassifier:
         self.prior = reference_prior(ck)  # what adapt_rows re-weights from
         self.name = name or self.path.stem
         self.sha256 = sha256 or sha256_file(self.path)
+        self.familiarity = load_familiarity(familiarity_path(self.path), self.sha256)
 
     def crop(self, image: np.ndarray, box: Sequence[float], fill=None) -> np.ndarray:
         return cell_crop(image, box, self.margin, self.imgsz, fill=fill)
@@ -857,10 +942,15 @@ class CellClassifier:
         return single_cell_crop(image, self.margin, self.imgsz)
 
     def predict_logits(self, crops: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        return self._forward(crops, batch_size)[0]
+
+    def _forward(self, crops: Sequence[np.ndarray], batch_size: int | None = None,
+                 embed: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, L2-normalised penultimate features or None) of RGB uint8 crops, in one pass."""
         import torch
 
         bs = self._chunk(batch_size)
-        outs = []
+        outs, feats = [], []
         with torch.inference_mode():
             for i in range(0, len(crops), bs):
                 chunk = [np.asarray(c, np.uint8)[..., :3] for c in crops[i:i + bs]]
@@ -868,8 +958,16 @@ class CellClassifier:
                     chunk = [c if c.shape[:2] == (self.imgsz, self.imgsz) else
                              cell_crop(c, (0, 0, c.shape[1], c.shape[0]), 0.0, self.imgsz) for c in chunk]
                 x = _to_input(np.stack(chunk), self.mean, self.std).to(self.device, memory_format=torch.channels_last)
-                outs.append(self.model(x).float().cpu().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+                if not embed:
+                    outs.append(self.model(x).float().cpu().numpy())
+                    continue
+                f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                outs.append(self.model.get_classifier()(f).float().cpu().numpy())
+                f = f.float().cpu().numpy()
+                feats.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8))
+        if not outs:
+            return np.zeros((0, len(self.labels)), np.float32), (np.zeros((0, 0), np.float32) if embed else None)
+        return np.concatenate(outs), (np.concatenate(feats) if embed else None)
 
     def _chunk(self, batch_size: int | None) -> int:
         """Crops per forward pass: at most CPU_MAX_BATCH on CPU."""
@@ -878,25 +976,22 @@ class CellClassifier:
 
     def embed(self, crops: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
         """Penultimate features (n, 1280 for EfficientNet-Lite0), L2-normalised, of RGB uint8 crops."""
-        import torch
-
-        bs = self._chunk(batch_size)
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, len(crops), bs):
-                chunk = np.stack([np.asarray(c, np.uint8)[..., :3] for c in crops[i:i + bs]])
-                x = _to_input(chunk, self.mean, self.std).to(self.device, memory_format=torch.channels_last)
-                f = self.model.forward_head(self.model.forward_features(x), pre_logits=True).float().cpu().numpy()
-                outs.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8))
-        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+        return self._forward(crops, batch_size, embed=True)[1]
 
     def predict_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Calibrated probabilities (n, len(LABELS)) of RGB uint8 crops (made by :func:`cell_crop`)."""
-        z = self.predict_logits(crops, batch_size)
+        return self.predict_crops_familiarity(crops, batch_size)[0]
+
+    def predict_crops_familiarity(self, crops: Sequence[np.ndarray],
+                                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated probabilities, unfamiliarity score per crop or None): the score (see
+        :func:`familiarity_scores`) needs this classifier's familiarity file; one forward pass for both."""
+        z, emb = self._forward(crops, batch_size, embed=self.familiarity is not None)
         out = np.zeros((len(z), len(LABELS)), np.float32)
         if len(z):
             out[:, self.columns] = _softmax(z / self.temperature)
-        return out
+        fam = None if self.familiarity is None else familiarity_scores(self.familiarity, emb)
+        return out, fam
 
     def __call__(self, image: np.ndarray, cells: Cells) -> Cells:
         out = cells[np.arange(len(cells))]
@@ -906,8 +1001,10 @@ class CellClassifier:
             return out
         fill = border_color(image)
         crops = [cell_crop(image, out.xyxy[i], self.margin, self.imgsz, fill=fill) for i in idx]
-        probs = self.predict_crops(crops, self.batch_size)
+        probs, fam = self.predict_crops_familiarity(crops, self.batch_size)
         labels, score, review = assign_labels(probs, [out.kind[i] for i in idx], self.threshold)
+        if fam is not None:  # a cell unlike any the classifier was trained on: its label is less reliable
+            review = review | (fam > self.familiarity["threshold"])
         for j, i in enumerate(idx):
             out.label[i] = labels[j]
         out.label_score[idx] = score
@@ -968,17 +1065,19 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
     def flush():
         if not pending:
             return
-        probs = clf.predict_crops([c for _, c in pending], batch_size)
+        probs, fam = clf.predict_crops_familiarity([c for _, c in pending], batch_size)
         labels, score, review = assign_labels(probs, None, clf.threshold)
-        for (r, _), lab, s, rv, pr in zip(pending, labels, score, review, probs):
-            rows[r].update(label=lab, label_score=round(float(s), 4), review=bool(rv),
+        unfamiliar = [None] * len(pending) if fam is None else list(fam > clf.familiarity["threshold"])
+        for (r, _), lab, s, rv, pr, uf in zip(pending, labels, score, review, probs, unfamiliar):
+            rows[r].update(label=lab, label_score=round(float(s), 4), review=bool(rv or uf),
+                           unfamiliar=None if uf is None else bool(uf),
                            **{f"p_{k}": round(float(v), 4) for k, v in zip(LABELS, pr)})
         if progress:
             progress(len(pending))
         pending.clear()
 
     for f in files:
-        row = {"file": str(f), "label": "", "label_score": None, "review": False, "reason": "",
+        row = {"file": str(f), "label": "", "label_score": None, "review": False, "reason": "", "unfamiliar": None,
                **{f"p_{k}": None for k in LABELS}}
         rows.append(row)
         try:
@@ -1234,6 +1333,13 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     if diff.get("smudge_cell", 0.0) >= 10.0:
         flags.append({"code": "smudge_cells", "message": f"smudge cells {diff['smudge_cell']}% (>= 10%)"})
     n_review = sum(1 for r in ok if r.get("review"))
+    scored = [r for r in ok if r.get("unfamiliar") is not None]
+    n_unfam = sum(1 for r in scored if r["unfamiliar"])
+    if len(scored) >= UNFAMILIAR_MIN_CELLS and n_unfam >= UNFAMILIAR_CALL_FRACTION * len(scored):
+        flags.append({"code": "unfamiliar_images", "message": (
+            f"{n_unfam} of {len(scored)} cells ({100.0 * n_unfam / len(scored):.0f}%) look unlike the CellaVision images the "
+            "classifier was trained on (another lab, camera or stain?): expect less reliable labels (measured: 0.63 "
+            "accuracy on another lab's normal cells against 0.99 on PBC); review them, and consider --adapt")})
     model, how = resolve_apl_model(apl_model)
     if model is not None and ok:
         probs = np.array([[float(_raw(r, lab)) for lab in LABELS] for r in ok])
@@ -1246,6 +1352,7 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     return {"files": len(rows), "classified": n, "unreadable": len(failed),
             "counts": {lab: counts[lab] for lab in LABELS if counts.get(lab)}, "differential_percent": diff,
             "review": n_review, "flags": flags, "apl_score": score, "apl_rule": how,
+            **({"unfamiliar": n_unfam} if scored else {}),
             **({"not_in_differential": other} if other else {}),
             **({"nrbc_per_100_wbc": round(100.0 * other["erythroblast"] / n_leuk, 1)}
                if other.get("erythroblast") and n_leuk else {}),
