@@ -580,11 +580,17 @@ class Worker:
         from .adapters.classifier import summary as patient_summary
         from .vocab import LABELS
 
-        rows = classify_paths([f["path"] for f in t["fields"]], self._classifier(), device=self.cfg["device"])
+        clf = self._classifier()
+        rows = classify_paths([f["path"] for f in t["fields"]], clf, device=self.cfg["device"])
+        adaptation = None
+        if self.cfg.get("adapt"):  # `batch --adapt`: this patient's class mix re-estimated, as `classify --adapt`
+            from .adapters.classifier import adapt_rows
+
+            adaptation = adapt_rows(rows, clf.prior, clf.threshold)
         buf = io.StringIO()
         w = csv.writer(buf)
         pcols = [f"p_{lab}" for lab in LABELS]
-        w.writerow(["name", "path", "given_class", "label", "label_score", "review", *pcols, "unfamiliar"])
+        w.writerow(["name", "path", "given_class", "label", "label_score", "review", *pcols, "unfamiliar", "label_alone"])
         counts = {"rbc": 0, "wbc": 0, "platelet": 0}
         labels, failed = [], {}
         for f, r in zip(t["fields"], rows):
@@ -599,9 +605,9 @@ class Worker:
             sc = r.get("label_score")
             w.writerow([f["name"], f["path"], f.get("given_class") or "", lab, "" if sc is None else f"{float(sc):.4f}",
                         int(bool(r.get("review"))), *("" if r.get(c) is None else f"{float(r[c]):.4f}" for c in pcols),
-                        "" if r.get("unfamiliar") is None else int(r["unfamiliar"])])
+                        "" if r.get("unfamiliar") is None else int(r["unfamiliar"]), r.get("label_alone", lab)])
         text = buf.getvalue()
-        ps = patient_summary(rows)
+        ps = patient_summary(rows, prior_adaptation=adaptation)
         from .report import classify_html
 
         page = classify_html([(t["slide"], ps, rows)], {"name": self.cfg["classifier"]["name"],
@@ -878,7 +884,8 @@ class Batch:
                  backend: str = "local", detector: str | None = None, classifier: str | None = None,
                  device: str = "cpu", classify: bool | None = None, refine: bool | None = None,
                  formats: tuple[str, ...] | None = None, ray_address: str | None = None, detector_options: dict | None = None,
-                 progress: bool | None = None, log: Log | None = None, images: str | None = None):
+                 progress: bool | None = None, log: Log | None = None, images: str | None = None,
+                 adapt: bool | None = None):
         if images is not None and images not in IMAGE_KINDS:
             raise InputError(f"unknown --images {images!r}; expected auto, fields or cells")
         if backend not in ("local", "ray"):
@@ -898,6 +905,7 @@ class Batch:
         self.detector_options = None if detector_options is None else dict(detector_options)
         self.progress = progress
         self.images = images
+        self.adapt = adapt
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
         self.no_classifier = ""
@@ -944,7 +952,7 @@ class Batch:
                   "refiner": None if ref is None else {"name": ref["name"], "sha256": ref["sha256"]},
                   "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]}}
         cfg = {"detector": det, "classifier": clf, "refiner": ref, "device": self.device, "tile": 640, "overlap": 192,
-               "detector_options": self.detector_options, "formats": list(self.formats)}
+               "detector_options": self.detector_options, "formats": list(self.formats), "adapt": bool(self.adapt)}
         return models, cfg, notes
 
     def _state_path(self, slide: str) -> Path:
@@ -1252,16 +1260,22 @@ class Batch:
             self.detector_options = dict(was.get("detector_options", {}))
         if self.images is None:
             self.images = was.get("images", "auto")
+        if self.adapt is None:
+            self.adapt = bool(was.get("adapt", False))
         self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify,
                      "refine": self.refine, "formats": list(self.formats),
                      "detector_options": self.detector_options}
-        if self.images != "auto":  # absent when auto: batches made before --images resume unchanged
+        if self.images != "auto":  # absent when auto / off: batches made before these options resume unchanged
             self.args["images"] = self.images
+        if self.adapt:
+            self.args["adapt"] = True
         self.models, cfg, notes = self._models()
         self.options = {"tile": cfg["tile"], "overlap": cfg["overlap"], "detector_options": self.detector_options,
                         "formats": list(self.formats)}
         if self.images != "auto":
             self.options["images"] = self.images
+        if self.adapt:
+            self.options["adapt"] = True
         if prev is not None and (prev.get("models") != self.models or prev.get("options") != self.options):
             raise InputError(f"{self.out} was made with other models or options ({_diff(prev, self.models, self.options)}); "
                              "resume with the same ones, or choose another --out")

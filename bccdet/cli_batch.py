@@ -48,6 +48,10 @@ def register(app: typer.Typer) -> None:
             None, "--images",
             help="What the images of a slide folder are: auto (folder layout, else size: at most 400 px = one cell), "
                  "fields (smear fields, analysed) or cells (single-cell crops, classified). --resume: the batch's own."),
+        adapt: Optional[bool] = typer.Option(
+            None, "--adapt/--no-adapt",
+            help="Single-cell slides: re-estimate each patient's class mix and relabel with it, as classify --adapt "
+                 "(docs/models.md). --resume: the batch's own."),
         imgsz: Optional[int] = typer.Option(None, "--imgsz", hidden=True, help="Detector inference size (advanced)."),
         conf: Optional[float] = typer.Option(None, "--conf", hidden=True, help="Detector confidence threshold (advanced)."),
     ):
@@ -79,7 +83,7 @@ def register(app: typer.Typer) -> None:
             det_opts["conf"] = conf
         res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
                         device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
-                        detector_options=det_opts, progress=progress, images=images, log=lambda m: typer.echo(m, err=True))
+                        detector_options=det_opts, progress=progress, images=images, adapt=adapt, log=lambda m: typer.echo(m, err=True))
         typer.echo(
             f"batch: {res['slides']} slide(s) ({res['slides_done']} done, {res['slides_failed']} failed, "
             f"{res['slides_skipped']} skipped), {res['fields']} image(s) ({res['fields_done']} done, "

@@ -334,6 +334,7 @@ class _FakeClassifier:
 
     threshold = 0.5
     familiarity = None
+    prior = None  # adapt_rows: the uniform reference prior
 
     def __init__(self, checkpoint, device="cpu", name="", sha256=""):
         self.name, self.sha256 = name, sha256
@@ -426,3 +427,30 @@ def test_a_csv_list_names_itself_and_the_line_of_a_missing_path(tmp_path):
     lst.write_text("path\n/nowhere/a.jpg\n")
     (spec,) = B.expand_inputs([str(lst)])
     assert spec["error"] == "slides.csv line 2: /nowhere/a.jpg: no such file or folder"
+
+
+def test_batch_adapt_reestimates_each_single_cell_patient_and_is_kept_on_resume(bccd, tmp_path, monkeypatch):
+    C = pytest.importorskip("bccdet.adapters.classifier")
+    src = sorted((bccd / "JPEGImages").glob("*.jpg"))
+    inp = tmp_path / "in"
+    for i in range(24):  # adaptation needs 20+ cells
+        _crop(src[i % len(src)], inp / "Patient_B" / "Lymphocyte" / f"c{i}.png", side=200 + i)
+    ck, dummy = tmp_path / "clf.pt", tmp_path / "det.pt"
+    ck.write_bytes(b"fake")
+    dummy.write_bytes(b"fake")
+    monkeypatch.setattr(B, "_classifier_available", lambda: True)
+    monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
+    out = tmp_path / "o"
+    B.run_batch([inp / "Patient_B"], out, detector=str(dummy), classifier=str(ck), progress=False, adapt=True,
+                log=lambda m: None)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["options"]["adapt"] is True
+    slide = json.loads((out / "Patient_B/slide.json").read_text())
+    assert slide["patient_summary"]["prior_adaptation"]["applied"]
+    import pandas as pd
+
+    cells = pd.read_csv(out / "Patient_B/cells.csv")
+    assert len(cells) == 24 and "label_alone" in cells and "unfamiliar" in cells
+    # resumed without the option: the batch's own (--adapt) is kept, not silently dropped
+    res = B.run_batch([], out, resume=True, detector=str(dummy), classifier=str(ck), progress=False, log=lambda m: None)
+    assert not res["failed"] and json.loads((out / "manifest.json").read_text())["options"]["adapt"] is True

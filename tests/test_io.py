@@ -154,7 +154,9 @@ def test_12_bit_data_in_16_bit_files_is_scaled_by_its_bit_depth(tmp_path):
 
 
 def test_a_non_image_jpg_gives_pillows_reason_after_ultralytics_is_imported(tmp_path):
-    import ultralytics.utils.patches  # noqa: F401  (replaces PIL.Image.open with a HEIF-installing wrapper)
+    import importlib
+
+    importlib.import_module("ultralytics.utils.patches")  # replaces PIL.Image.open with a HEIF-installing wrapper
 
     (tmp_path / "notimage.jpg").write_text("hello, not a picture\n" * 20)
     with pytest.raises(InputError, match="cannot identify image file"):
