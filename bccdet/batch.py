@@ -1165,7 +1165,20 @@ class Batch:
             extra["patient_summary"] = u.get("patient_summary")
         doc = self._slide_doc(s, counts, labels, fields, apl_score=apl, **extra)
         write_text_atomic(self.out / s["slide"] / "slide.json", _json(doc))
+        if s["kind"] == "fields":
+            self._drop_stale_fields(s)
         s["status"], s["_summary"] = "done", doc
+
+    def _drop_stale_fields(self, s: dict) -> None:
+        """Remove field reports of this slide whose field is gone (an input deleted before --resume): the
+        slide folder then holds exactly the fields its slide.json lists. Only folders holding a field
+        report (report.json) are touched."""
+        d = self.out / s["slide"]
+        keep = {f["name"] for f in s["fields"] if f["status"] == "done"} | RESERVED_IN_SLIDE
+        for sub in (d.iterdir() if d.is_dir() else []):
+            if sub.is_dir() and not sub.is_symlink() and sub.name not in keep and (sub / "report.json").is_file():
+                shutil.rmtree(sub, ignore_errors=True)
+                self.log(f"note: {s['slide']}/{sub.name}: removed, its image is no longer among the inputs")
 
     def _finish_wsi(self, s: dict, units: dict) -> None:
         """Concatenate the bands into cells.csv (streaming; ids over the slide), sum counts, draw an overview."""

@@ -454,3 +454,20 @@ def test_batch_adapt_reestimates_each_single_cell_patient_and_is_kept_on_resume(
     # resumed without the option: the batch's own (--adapt) is kept, not silently dropped
     res = B.run_batch([], out, resume=True, detector=str(dummy), classifier=str(ck), progress=False, log=lambda m: None)
     assert not res["failed"] and json.loads((out / "manifest.json").read_text())["options"]["adapt"] is True
+
+
+@pytest.mark.slow
+def test_resume_after_an_image_is_deleted_drops_its_report(bccd, tiny_detector, tmp_path):
+    a = _fields(bccd, tmp_path / "in" / "A", 2)
+    out = tmp_path / "out"
+    r = _invoke(a[0].parent, "--out", out, "--detector", tiny_detector, "--no-classify", *FAST)
+    assert r.exit_code == 0, r.output
+    assert (out / "A" / a[1].stem / "report.json").is_file()
+    (out / "A" / "notes").mkdir()  # not a field report: never touched
+    a[1].unlink()
+    r = _invoke("--out", out, "--resume", *FAST)
+    assert r.exit_code == 0, r.output
+    slide = json.loads((out / "A" / "slide.json").read_text())
+    assert [f["name"] for f in slide["fields"]] == [a[0].stem]
+    assert not (out / "A" / a[1].stem).exists() and (out / "A" / a[0].stem / "report.json").is_file()
+    assert (out / "A" / "notes").is_dir()
