@@ -280,7 +280,9 @@ def _rgb(hexcol: str) -> list[int]:
 
 # ---------------------------------------------------------------------- classify: one page per call
 GALLERY_PER_LABEL = 48  # thumbnails per label and patient, review cells first ...
-GALLERY_MAX_REVIEW = 200  # ... and every review cell up to this many (a page stays a few MB)
+GALLERY_MAX_REVIEW = 200  # ... and every review cell up to this many
+PAGE_MAX_THUMBS = 1500  # the whole page: ~4.5 kB a thumbnail, so a page of many patients stays near 7-11 MB
+PATIENT_MIN_THUMBS = 24  # ... but each patient shows at least this many
 
 
 def _thumb_b64(path: str, height: int = 96) -> str | None:
@@ -304,6 +306,7 @@ def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
     ``--adapt``, the label the cell had alone)."""
     e = html.escape
     parts = []
+    budget = max(PATIENT_MIN_THUMBS, PAGE_MAX_THUMBS // max(1, len(patients)))  # thumbnails per patient
     for patient, s, rows in patients:
         flags = "".join(f"<li><b>{e(f['code'])}</b>: {e(f['message'])}</li>" for f in s["flags"]) or "<li>none</li>"
         drows = "".join(f"<tr><td>{e(k)}</td><td>{s['counts'].get(k, 0)}</td><td>{v}%</td><td>{_ri(k)}</td></tr>"
@@ -316,10 +319,12 @@ def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
             if r.get("label"):
                 groups.setdefault(r["label"], []).append(r)
         gal = []
-        for lab in [x for x in LABELS if x in groups]:
+        present = [x for x in LABELS if x in groups]
+        per_lab = max(4, budget // max(1, len(present)))  # thumbnails per label for this patient
+        for lab in present:
             items = sorted(groups[lab], key=lambda r: (not r.get("review"), float(r.get("label_score") or 0.0)))
-            shown = [r for r in items if r.get("review")][:GALLERY_MAX_REVIEW]
-            shown += [r for r in items if not r.get("review")][:max(0, per_label - len(shown))]
+            shown = [r for r in items if r.get("review")][:min(GALLERY_MAX_REVIEW, per_lab)]
+            shown += [r for r in items if not r.get("review")][:max(0, min(per_label, per_lab) - len(shown))]
             figs = []
             for r in shown:
                 b64 = _thumb_b64(r["file"])

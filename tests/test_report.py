@@ -58,3 +58,28 @@ def test_erythroblasts_and_platelets_stay_out_of_the_differential():
     assert s["not_in_differential"] == {"erythroblast": 5, "platelet": 3} and s["nrbc_per_100_wbc"] == 5.0
     plain = summarize(_cells(2, ["neutrophil", "monocyte"]))
     assert "not_in_differential" not in plain and "nrbc_per_100_wbc" not in plain
+
+
+def test_classify_page_keeps_a_thumbnail_budget_over_many_patients(tmp_path):
+    from PIL import Image
+
+    from bccdet import report as R
+    from bccdet.vocab import LABELS
+
+    png = tmp_path / "cell.png"
+    Image.fromarray(np.full((64, 64, 3), 150, np.uint8)).save(png)
+
+    def patient(i):
+        rows = [{"file": str(png), "label": lab, "label_score": 0.9, "review": j % 3 == 0, "reason": "",
+                 **{f"p_{k}": float(k == lab) for k in LABELS}}
+                for lab in ("neutrophil", "lymphocyte", "monocyte") for j in range(60)]
+        s = {"flags": [], "differential_percent": {}, "counts": {}, "classified": len(rows), "review": 60,
+             "unreadable": 0, "apl_score": 0.1}
+        return (f"P{i}", s, rows)
+
+    one = R.classify_html([patient(0)], {"name": "m", "sha256": "0" * 64})
+    assert one.count("<figure") == 3 * R.GALLERY_PER_LABEL  # one patient: the usual gallery, every label
+    many = R.classify_html([patient(i) for i in range(100)], {"name": "m", "sha256": "0" * 64})
+    n = many.count("<figure")
+    assert n <= 100 * R.PATIENT_MIN_THUMBS and n < 100 * 3 * R.GALLERY_PER_LABEL / 5, n  # bounded, not 100x one page
+    assert many.count("more not shown") == 300  # and it says so, per label
