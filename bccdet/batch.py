@@ -349,11 +349,13 @@ def _decide_kind(spec: dict, recs: list[dict], images: str = "auto", warnings: l
     if kind == "cellavision":
         for r in field:
             r.update(status="failed", error=(f"mixed folder: a smear field ({r['width']}x{r['height']}) among {len(crop)} "
-                                             "single-cell images: not analysed; put fields and single-cell crops in separate folders"))
+                                             "single-cell images: not analysed; pass --images fields if all are smear fields, or "
+                                             "put fields and single-cell crops in separate folders"))
     else:
         for r in crop:
             r.update(status="failed", error=(f"mixed folder: a single-cell crop ({r['width']}x{r['height']}) among {len(field)} "
-                                             "smear fields: not analysed; put fields and single-cell crops in separate folders"))
+                                             "smear fields: not analysed; pass --images fields if it is a small field, or "
+                                             "put fields and single-cell crops in separate folders"))
     return kind
 
 
