@@ -341,7 +341,7 @@ def classify_html(patients: list[tuple[str, dict, list[dict]]], model: dict,
                        f"<div class='gallery'>{''.join(figs)}</div>{note}")
         ap = s.get("apl_score")
         parts.append(f"""<section><h2>{e(patient)}</h2>
-<p>{s['classified']} cells classified, {s['review']} to review, {s['unreadable']} unreadable; apl_score
+<p>{s['classified']} cells classified, {s['review']} to review{f", {s['unfamiliar']} unlike the training images" if s.get('unfamiliar') else ''}, {s['unreadable']} unreadable; apl_score
 {'' if ap is None else f'{ap:.2f}'} <span class="note">({e(str(s.get('apl_rule', '')))})</span></p>
 <h3>Flags</h3><ul>{flags}</ul>
 <h3>Differential</h3><table><tr><th>label</th><th>cells</th><th>percent</th><th>adult reference</th></tr>{drows}</table>
@@ -358,7 +358,7 @@ figure img{{height:96px;border:2px solid #ddd}}figure.review img{{border-color:#
 </style></head><body>
 <h1>bccdet classify</h1>
 <p class="note">{e(DISCLAIMER)} Classifier: {e(str(model.get('name')))} <code>{e(str(model.get('sha256', ''))[:12])}</code>.
-Red borders: cells to review (low confidence or an abnormal label).</p>
+Red borders: cells to review (low confidence, an abnormal label, or a cell unlike the training images).</p>
 {''.join(parts)}
 </body></html>
 """
