@@ -25,6 +25,21 @@ REFERENCE_INTERVALS = {
 }
 MIN_WBC_FOR_DIFFERENTIAL = 100  # a manual differential counts 100 leukocytes
 SMUDGE_FLAG_PERCENT = 10.0
+# `unfamiliar_images`: this share of the typed cells lie outside the classifier's training data
+# (bench/classifier_familiarity.py: PBC test 1.5 %, held-out DeepAPL patients <= 30 %, another lab 48 %,
+# BCCD phone-camera WBCs 87 %). A call of single cells needs 10 of them; an analyzed image flags its own WBCs.
+UNFAMILIAR_CALL_FRACTION = 0.35
+UNFAMILIAR_MIN_CELLS = 10
+
+
+def unfamiliar_flag(n_unfamiliar: int, n_scored: int, min_cells: int = UNFAMILIAR_MIN_CELLS) -> dict | None:
+    """The ``unfamiliar_images`` flag, or None."""
+    if n_scored < max(1, min_cells) or n_unfamiliar < UNFAMILIAR_CALL_FRACTION * n_scored:
+        return None
+    return {"code": "unfamiliar_images", "message": (
+        f"{n_unfamiliar} of {n_scored} typed cells ({100.0 * n_unfamiliar / n_scored:.0f}%) look unlike the CellaVision "
+        "images the classifier was trained on (another lab, camera or stain?): expect less reliable labels (measured: "
+        "0.63 accuracy on another lab's normal cells against 0.99 on PBC); review them")}
 DISCLAIMER = "Research use only: flags point a trained reader at cells to review; they are not a diagnosis."
 
 
@@ -55,7 +70,16 @@ def summarize(cells: Cells) -> dict[str, Any]:
             p = diff.get(lab, {"percent": 0.0})["percent"]
             if not lo <= p <= hi:
                 flags.append({"code": "differential_out_of_range", "message": f"{lab} {p}% outside the adult reference interval {lo:g}-{hi:g}%"})
+    unf = getattr(cells, "unfamiliar", None)
+    n_unf = 0
+    if unf is not None:
+        n_unf = sum(1 for k, lab, u in zip(cells.kind, cells.label, unf) if k == "wbc" and lab is not None and u)
+        f = unfamiliar_flag(n_unf, len(typed), min_cells=1)
+        if f is not None:
+            flags.append(f)
     out = {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
+    if n_unf:
+        out["unfamiliar"] = n_unf
     if other:  # nucleus-bearing detections typed erythroblast / platelet: outside the differential
         out["not_in_differential"] = other
         if "erythroblast" in other and n_lab:
@@ -79,6 +103,7 @@ def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict
             "label": cells.label[i],
             "label_score": None if np.isnan(cells.label_score[i]) else round(float(cells.label_score[i]), 4),
             "review": bool(cells.review[i]),
+            "unfamiliar": bool(cells.unfamiliar[i]) if cells.label[i] is not None else None,
         })
     rep = {
         "image": {"path": m.path, "width": m.width, "height": m.height},

@@ -69,6 +69,7 @@ class Cells:
       label         object  (n,)   classifier label (vocabulary string) or None
       label_score   float32 (n,)   classifier probability, NaN when not classified
       review        bool    (n,)   cell needs a human look
+      unfamiliar    bool    (n,)   typed cell unlike the classifier's training cells (its label is less reliable)
     """
 
     xyxy: np.ndarray
@@ -81,6 +82,7 @@ class Cells:
     label_score: np.ndarray | None = None
     review: np.ndarray | None = None
     meta: SmearMeta = field(default_factory=SmearMeta)
+    unfamiliar: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -102,6 +104,7 @@ class Cells:
         self.score = self._col(self.score, n, 1.0, np.float32, "score")
         self.label_score = self._col(self.label_score, n, np.nan, np.float32, "label_score")
         self.review = self._col(self.review, n, False, bool, "review")
+        self.unfamiliar = self._col(self.unfamiliar, n, False, bool, "unfamiliar")
         self.label = _as_str_array(self.label, n, None)
         if self.masks is None:
             self.masks = np.array([None] * n, dtype=object)
@@ -160,6 +163,7 @@ class Cells:
             label=self.label[idx],
             label_score=self.label_score[idx],
             review=self.review[idx],
+            unfamiliar=self.unfamiliar[idx],
             meta=self.meta,
         )
 
@@ -186,6 +190,7 @@ class Cells:
             label=np.concatenate([p.label for p in parts]),
             label_score=np.concatenate([p.label_score for p in parts]),
             review=np.concatenate([p.review for p in parts]),
+            unfamiliar=np.concatenate([p.unfamiliar for p in parts]),
             meta=meta or parts[0].meta,
         )
 
@@ -256,6 +261,7 @@ class Cells:
                 "label_score": self.label_score.copy(),
                 "mask_source": np.array(list(self.mask_source), dtype=str),
                 "review": self.review.copy(),
+                "unfamiliar": self.unfamiliar.copy(),
             },
         )
 
@@ -281,6 +287,7 @@ class Cells:
             label=label,
             label_score=data.get("label_score"),
             review=data.get("review"),
+            unfamiliar=data.get("unfamiliar"),
             mask_source=[str(v) for v in data["mask_source"]] if "mask_source" in data else None,
             meta=meta,
         )

@@ -95,6 +95,7 @@ def main() -> None:
     from sklearn.neighbors import NearestNeighbors
 
     from bccdet.adapters import classifier as C
+    from bccdet.report import UNFAMILIAR_CALL_FRACTION
     from bccdet.weights import resolve
 
     path, name, sha = resolve(a.weights, "classifier")
@@ -156,7 +157,7 @@ def main() -> None:
     sc = C.familiarity_scores(model, d["apl_E"]) > model["threshold"]
     fr = sorted((float(sc[held & (d["apl_group"] == p)].mean()), str(p)) for p in set(d["apl_group"][held]))
     print(f"  held-out DeepAPL patients ({len(fr)}): unfamiliar share median {np.median([x for x, _ in fr]):.3f}, "
-          f"highest " + ", ".join(f"{p} {x:.2f}" for x, p in fr[-3:]) + f"; call flag at >= {C.UNFAMILIAR_CALL_FRACTION:.2f}")
+          f"highest " + ", ".join(f"{p} {x:.2f}" for x, p in fr[-3:]) + f"; call flag at >= {UNFAMILIAR_CALL_FRACTION:.2f}")
     if a.write:
         dest = C.familiarity_path(path)
         C.save_familiarity(model, dest, sha, classifier=name, k=C.FAMILIARITY_K, quantile=C.FAMILIARITY_QUANTILE,

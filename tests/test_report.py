@@ -83,3 +83,18 @@ def test_classify_page_keeps_a_thumbnail_budget_over_many_patients(tmp_path):
     n = many.count("<figure")
     assert n <= 100 * R.PATIENT_MIN_THUMBS and n < 100 * 3 * R.GALLERY_PER_LABEL / 5, n  # bounded, not 100x one page
     assert many.count("more not shown") == 300  # and it says so, per label
+
+
+def test_unfamiliar_typed_cells_are_counted_and_flagged():
+    labels = ["neutrophil"] * 4
+    c = _cells(4, labels)
+    assert "unfamiliar" not in summarize(c) and "unfamiliar_images" not in {f["code"] for f in summarize(c)["flags"]}
+    c.unfamiliar[1:3] = True  # 2 of 4 typed WBCs (50 % >= 35 %)
+    s = summarize(c)
+    assert s["unfamiliar"] == 2 and "unfamiliar_images" in {f["code"] for f in s["flags"]}
+    c.unfamiliar[:] = False
+    c.unfamiliar[1] = True  # 1 of 4 (25 %): counted, not flagged (cell 0 is the RBC)
+    s = summarize(c)
+    assert s["unfamiliar"] == 1 and "unfamiliar_images" not in {f["code"] for f in s["flags"]}
+    rep = report_dict(c, {"detector": {"name": "t", "sha256": "0" * 64}})
+    assert [x["unfamiliar"] for x in rep["cells"]] == [None, True, False, False, False]  # None: not typed (the RBC)

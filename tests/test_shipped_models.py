@@ -94,6 +94,12 @@ def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
                                                    "immature_granulocyte", "blast", "promyelocyte", "variant_lymphocyte")
     assert sum(c["kind"] == "rbc" for c in rep["cells"]) >= 8
     assert {c["mask_source"] for c in rep["cells"]} <= {"yolo", "sam"}
+    # familiarity: a typed cell says whether it looks like the training cells; an unfamiliar one is reviewed,
+    # and the image's flag follows its typed WBCs (a BCCD phone-camera WBC: 87 % of them are unfamiliar)
+    assert all(isinstance(c["unfamiliar"], bool) for c in wbc) and all(c["review"] for c in wbc if c["unfamiliar"])
+    assert all(c["unfamiliar"] is None for c in rep["cells"] if c["label"] is None)
+    codes = {f["code"] for f in rep["summary"]["flags"]}
+    assert ("unfamiliar_images" in codes) == wbc[0]["unfamiliar"] == (rep["summary"].get("unfamiliar") == 1)
     assert (tmp_path / "out" / "BloodImage_00007" / "report.html").stat().st_size > 10_000
 
 

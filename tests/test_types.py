@@ -156,3 +156,12 @@ def test_every_documented_command_runs_from_cli_py(cli):
     for cmd in ("batch", "curate", "curate-cls", "classify", "analyze"):
         r = cli(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, (cmd, r.stdout[-500:], r.stderr[-500:])
+
+
+def test_unfamiliar_column_follows_indexing_concat_and_detections():
+    c = Cells(xyxy=[[0, 0, 5, 5], [10, 10, 20, 20], [30, 30, 40, 40]], kind=["wbc", "wbc", "rbc"],
+              label=["neutrophil", "blast", None], unfamiliar=[False, True, False])
+    assert list(c[[1, 2]].unfamiliar) == [True, False]
+    assert list(Cells.concat([c, c[[1]]]).unfamiliar) == [False, True, False, True]
+    assert list(Cells.from_detections(c.to_detections()).unfamiliar) == [False, True, False]
+    assert list(Cells(xyxy=[[0, 0, 1, 1]], kind=["rbc"]).unfamiliar) == [False]  # default: not flagged

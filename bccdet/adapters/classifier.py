@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..io import InputError, expand_inputs, image_files, read_image, sha256_file, write_bytes_atomic, write_text_atomic
+from ..report import unfamiliar_flag
 from ..types import Cells
 from ..vocab import ABNORMAL_LABELS, LABELS, NOT_IN_DIFFERENTIAL, normalize_label
 
@@ -805,13 +806,11 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 # features, in units of the training cells' mean residual. Chosen in bench/classifier_familiarity.py
 # (2026-11-25) against PCA-Mahalanobis, their sum and k-NN distance: cells of another lab (wbc-seg) vs
 # PBC test AUROC 0.93, BCCD phone-camera WBC crops 0.99. The threshold is the 95th percentile of the
-# validation cells (PBC + DeepAPL val). A call is flagged when at least UNFAMILIAR_CALL_FRACTION of its
+# validation cells (PBC + DeepAPL val). A call is flagged (bccdet.report.unfamiliar_flag) when at least 35 % of its
 # cells are unfamiliar: PBC test 1.5 %, held-out DeepAPL patients at most 30 %, wbc-seg 48 %, BCCD 87 %.
 FAMILIARITY_FORMAT = "bccdet-familiarity/1"
 FAMILIARITY_K = 64
 FAMILIARITY_QUANTILE = 95.0
-UNFAMILIAR_CALL_FRACTION = 0.35
-UNFAMILIAR_MIN_CELLS = 10
 
 
 def familiarity_path(checkpoint: str | Path) -> Path:
@@ -1004,7 +1003,9 @@ class CellClassifier:
         probs, fam = self.predict_crops_familiarity(crops, self.batch_size)
         labels, score, review = assign_labels(probs, [out.kind[i] for i in idx], self.threshold)
         if fam is not None:  # a cell unlike any the classifier was trained on: its label is less reliable
-            review = review | (fam > self.familiarity["threshold"])
+            unfamiliar = fam > self.familiarity["threshold"]
+            review = review | unfamiliar
+            out.unfamiliar[idx] = unfamiliar
         for j, i in enumerate(idx):
             out.label[i] = labels[j]
         out.label_score[idx] = score
@@ -1335,11 +1336,9 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     n_review = sum(1 for r in ok if r.get("review"))
     scored = [r for r in ok if r.get("unfamiliar") is not None]
     n_unfam = sum(1 for r in scored if r["unfamiliar"])
-    if len(scored) >= UNFAMILIAR_MIN_CELLS and n_unfam >= UNFAMILIAR_CALL_FRACTION * len(scored):
-        flags.append({"code": "unfamiliar_images", "message": (
-            f"{n_unfam} of {len(scored)} cells ({100.0 * n_unfam / len(scored):.0f}%) look unlike the CellaVision images the "
-            "classifier was trained on (another lab, camera or stain?): expect less reliable labels (measured: 0.63 "
-            "accuracy on another lab's normal cells against 0.99 on PBC); review them, and consider --adapt")})
+    uf = unfamiliar_flag(n_unfam, len(scored))
+    if uf is not None:
+        flags.append(dict(uf, message=uf["message"] + ", and consider --adapt"))
     model, how = resolve_apl_model(apl_model)
     if model is not None and ok:
         probs = np.array([[float(_raw(r, lab)) for lab in LABELS] for r in ok])
