@@ -60,6 +60,7 @@ WSI_MIN_PIXELS = 50_000_000
 CROP_MAX_SIDE = 400
 MANIFEST_EVERY_S = 2.0
 WBC_LABELS_KEY = "wbc_labels"
+WBC_UNFAMILIAR_KEY = "wbc_unfamiliar"  # per WBC, parallel to WBC_LABELS_KEY: unlike the classifier's training cells
 
 Log = Callable[[str], None]
 
@@ -139,19 +140,25 @@ class _Tally:
     concatenated Cells of all its fields.
     """
 
-    def __init__(self, counts: dict[str, int], wbc_labels: list):
+    def __init__(self, counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None):
         self._counts = dict(counts)
         self.label = list(wbc_labels)
         self.kind = ["wbc"] * len(self.label)
+        self.unfamiliar = list(wbc_unfamiliar) if wbc_unfamiliar else [False] * len(self.label)
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
 
 
-def summarize_totals(counts: dict[str, int], wbc_labels: list) -> dict:
+def summarize_totals(counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None) -> dict:
     from .report import summarize
 
-    return summarize(_Tally(counts, wbc_labels))
+    return summarize(_Tally(counts, wbc_labels, wbc_unfamiliar))
+
+
+def _unfamiliar_of(u: dict) -> list:
+    """A unit's per-WBC unfamiliar flags (units recorded before the flag existed: none)."""
+    return list(u.get(WBC_UNFAMILIAR_KEY) or [False] * len(u[WBC_LABELS_KEY]))
 
 
 def _add_counts(a: dict, b: dict) -> dict:
@@ -532,7 +539,9 @@ class Worker:
                 write_outputs(Path(tmp), img, cells, pipe.models(), None, formats=fmts)
                 files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir())}
         labels = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc"]
-        return {"status": "done", "counts": cells.counts(), WBC_LABELS_KEY: labels, "ms": ms, "files": files}
+        unf = [bool(u) for k, u in zip(cells.kind, cells.unfamiliar) if k == "wbc"]
+        return {"status": "done", "counts": cells.counts(), WBC_LABELS_KEY: labels, WBC_UNFAMILIAR_KEY: unf, "ms": ms,
+                "files": files}
 
     def _band(self, t: dict) -> dict:
         """One row of tiles of a whole-slide scan, read tile by tile at level 0 (constant memory)."""
@@ -543,7 +552,7 @@ class Worker:
 
         pipe = self._pipeline()
         y0, y1, cy0, cy1 = t["yspan"]
-        rows, counts, labels = [], {}, []
+        rows, counts, labels, unf = [], {}, [], []
         with tiffslide.TiffSlide(t["path"]) as slide:
             width = slide.dimensions[0]
             for x0, x1, cx0, cx1 in tile_spans(width, self.cfg["tile"], self.cfg["overlap"]):
@@ -565,6 +574,7 @@ class Worker:
                                  cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i]))])
                     if cells.kind[i] == "wbc":
                         labels.append(cells.label[i])
+                        unf.append(bool(cells.unfamiliar[i]))
         buf = io.StringIO()
         csv.writer(buf).writerows(rows)
         text = buf.getvalue()
@@ -573,7 +583,8 @@ class Worker:
             write_text_atomic(t["dest"], text)
         else:
             files = {Path(t["dest"]).name: text.encode("utf-8")}
-        return {"status": "done", "counts": _add_counts({}, counts), WBC_LABELS_KEY: labels, "files": files}
+        return {"status": "done", "counts": _add_counts({}, counts), WBC_LABELS_KEY: labels, WBC_UNFAMILIAR_KEY: unf,
+                "files": files}
 
     def _cellavision(self, t: dict) -> dict:
         """A CellaVision-style export (single-cell images of one patient): the classifier's ``classify_paths``
@@ -594,7 +605,7 @@ class Worker:
         pcols = [f"p_{lab}" for lab in LABELS]
         w.writerow(["name", "path", "given_class", "label", "label_score", "review", *pcols, "unfamiliar", "label_alone"])
         counts = {"rbc": 0, "wbc": 0, "platelet": 0}
-        labels, failed = [], {}
+        labels, unf, failed = [], [], {}
         for f, r in zip(t["fields"], rows):
             lab = r.get("label") or None
             if lab is None:
@@ -604,6 +615,7 @@ class Worker:
             counts[kind] += 1
             if kind == "wbc":
                 labels.append(lab)
+                unf.append(bool(r.get("unfamiliar")))
             sc = r.get("label_score")
             w.writerow([f["name"], f["path"], f.get("given_class") or "", lab, "" if sc is None else f"{float(sc):.4f}",
                         int(bool(r.get("review"))), *("" if r.get(c) is None else f"{float(r[c]):.4f}" for c in pcols),
@@ -620,7 +632,7 @@ class Worker:
             write_text_atomic(t["dest"], text)  # cells.csv last: its presence marks the unit written
         else:
             files = {"report.html": page.encode("utf-8"), "cells.csv": text.encode("utf-8")}
-        return {"status": "done", "counts": counts, WBC_LABELS_KEY: labels, "apl_score": ps.get("apl_score"),
+        return {"status": "done", "counts": counts, WBC_LABELS_KEY: labels, WBC_UNFAMILIAR_KEY: unf, "apl_score": ps.get("apl_score"),
                 "patient_summary": ps, "failed": failed, "files": files}
 
 
@@ -1074,6 +1086,8 @@ class Batch:
         if res["status"] == "done":
             u["counts"] = res["counts"]
             u[WBC_LABELS_KEY] = res[WBC_LABELS_KEY]
+            if WBC_UNFAMILIAR_KEY in res:
+                u[WBC_UNFAMILIAR_KEY] = res[WBC_UNFAMILIAR_KEY]
             for k in ("apl_score", "patient_summary", "failed"):
                 if k in res:
                     u[k] = res[k]
@@ -1130,8 +1144,9 @@ class Batch:
         elif s["status"] in ("failed", "skipped"):
             self.log(f"{'error' if s['status'] == 'failed' else 'warning'}: {name}: {s['error']}")
 
-    def _slide_doc(self, s: dict, counts: dict, labels: list, fields: list, apl_score=None, **extra) -> dict:
-        summary = summarize_totals(counts, labels)
+    def _slide_doc(self, s: dict, counts: dict, labels: list, fields: list, apl_score=None, unfamiliar=None,
+                   **extra) -> dict:
+        summary = summarize_totals(counts, labels, unfamiliar)
         # a single-cell slide's patient-level flags (apl_suspected, variant lymphocytes, unreadable files)
         # belong in the slide summary that slides.csv / .parquet / summary.html read
         have = {f["code"] for f in summary["flags"]}
@@ -1147,6 +1162,7 @@ class Batch:
     def _finish_fields(self, s: dict, units: dict) -> None:
         counts: dict = _add_counts({}, {})
         labels: list = []
+        unf: list = []
         fields = []
         apl = None
         for f in s["fields"]:
@@ -1157,6 +1173,7 @@ class Batch:
                 u = units[f"f:{f['name']}"]
                 counts = _add_counts(counts, u["counts"])
                 labels += u[WBC_LABELS_KEY]
+                unf += _unfamiliar_of(u)
                 rec["output"] = f["name"]
                 rec["counts"] = u["counts"]
             fields.append(rec)
@@ -1164,8 +1181,9 @@ class Batch:
         if s["kind"] == "cellavision":
             u = units["cv"]
             counts, labels, apl = u["counts"], u[WBC_LABELS_KEY], u.get("apl_score")
+            unf = _unfamiliar_of(u)
             extra["patient_summary"] = u.get("patient_summary")
-        doc = self._slide_doc(s, counts, labels, fields, apl_score=apl, **extra)
+        doc = self._slide_doc(s, counts, labels, fields, apl_score=apl, unfamiliar=unf, **extra)
         write_text_atomic(self.out / s["slide"] / "slide.json", _json(doc))
         if s["kind"] == "fields":
             self._drop_stale_fields(s)
@@ -1188,6 +1206,7 @@ class Batch:
         d = self.out / name
         counts: dict = _add_counts({}, {})
         labels: list = []
+        unf: list = []
         wbc_boxes = []
         fd, tmp = tempfile.mkstemp(prefix=".cells.csv.", suffix=".tmp", dir=d)
         try:
@@ -1200,6 +1219,7 @@ class Batch:
                     u = units[f"b:{i:05d}"]
                     counts = _add_counts(counts, u["counts"])
                     labels += u[WBC_LABELS_KEY]
+                    unf += _unfamiliar_of(u)
                     with open(d / BANDS_DIR / f"band-{i:05d}.csv", newline="") as fi:
                         for row in csv.reader(fi):
                             k += 1
@@ -1218,7 +1238,7 @@ class Batch:
         f = s["fields"][0]
         f["status"] = "done"
         fields = [{"name": "wsi", "path": f["path"], "sha256": f["sha256"], "status": "done", "error": None}]
-        doc = self._slide_doc(s, counts, labels, fields,
+        doc = self._slide_doc(s, counts, labels, fields, unfamiliar=unf,
                               wsi={k: s["wsi"][k] for k in ("width", "height", "levels", "mpp", "tiles", "bands")})
         write_text_atomic(d / "slide.json", _json(doc))
         s["status"], s["_summary"] = "done", doc

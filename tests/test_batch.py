@@ -128,17 +128,21 @@ def test_slide_summary_equals_summarize_on_concatenated_cells():
     from bccdet.types import Cells, SmearMeta
 
     rng = np.random.default_rng(0)
-    parts, counts, labels = [], {}, []
+    parts, counts, labels, unfam = [], {}, [], []
     for k in range(5):
         n = 60
         kind = rng.choice(["rbc", "wbc", "platelet"], n, p=[0.5, 0.4, 0.1])
         lab = [str(rng.choice(["neutrophil", "lymphocyte", "blast"])) if x == "wbc" and rng.random() < 0.9 else None for x in kind]
         xy = np.tile([0, 0, 5, 5], (n, 1)).astype(np.float32)
-        c = Cells(xyxy=xy, kind=list(kind), label=lab, meta=SmearMeta(width=10, height=10))
+        unf = [lb is not None and rng.random() < 0.5 for lb in lab]  # typed cells unlike the training data
+        c = Cells(xyxy=xy, kind=list(kind), label=lab, unfamiliar=unf, meta=SmearMeta(width=10, height=10))
         parts.append(c)
         counts = B._add_counts(counts, c.counts())
         labels += [lb for kd, lb in zip(c.kind, c.label) if kd == "wbc"]
-    assert B.summarize_totals(counts, labels) == summarize(Cells.concat(parts))
+        unfam += [bool(u) for kd, u in zip(c.kind, c.unfamiliar) if kd == "wbc"]
+    whole = summarize(Cells.concat(parts))
+    assert B.summarize_totals(counts, labels, unfam) == whole
+    assert whole["unfamiliar"] > 0 and "unfamiliar_images" in {f["code"] for f in whole["flags"]}
 
 
 def test_usage_errors_exit_2(tmp_path):
