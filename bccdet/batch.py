@@ -571,7 +571,8 @@ class Worker:
                     area = int(cells.masks[i].sum()) if cells.masks[i] is not None else ""
                     ls = "" if np.isnan(cells.label_score[i]) else f"{cells.label_score[i]:.4f}"
                     rows.append([cells.kind[i], f"{cells.score[i]:.4f}", *(f"{v:.1f}" for v in bx), area,
-                                 cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i]))])
+                                 cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i])),
+                                 "" if cells.label[i] is None else int(bool(cells.unfamiliar[i]))])
                     if cells.kind[i] == "wbc":
                         labels.append(cells.label[i])
                         unf.append(bool(cells.unfamiliar[i]))
@@ -1213,7 +1214,8 @@ class Batch:
             public_mode(fd)
             with os.fdopen(fd, "w", newline="") as fo:
                 w = csv.writer(fo)
-                w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review"])
+                w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review",
+                            "unfamiliar"])
                 k = 0
                 for i in range(s["wsi"]["bands"]):
                     u = units[f"b:{i:05d}"]

@@ -119,12 +119,14 @@ def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict
 def cells_csv(cells: Cells) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review"])
+    w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review",
+                    "unfamiliar"])
     for i in range(len(cells)):
         area = int(cells.masks[i].sum()) if cells.masks[i] is not None else ""
         ls = "" if np.isnan(cells.label_score[i]) else f"{cells.label_score[i]:.4f}"
         w.writerow([i + 1, cells.kind[i], f"{cells.score[i]:.4f}", *(f"{v:.1f}" for v in cells.xyxy[i]), area,
-                    cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i]))])
+                    cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i])),
+                    "" if cells.label[i] is None else int(bool(cells.unfamiliar[i]))])
     return buf.getvalue()
 
 

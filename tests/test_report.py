@@ -98,3 +98,7 @@ def test_unfamiliar_typed_cells_are_counted_and_flagged():
     assert s["unfamiliar"] == 1 and "unfamiliar_images" not in {f["code"] for f in s["flags"]}
     rep = report_dict(c, {"detector": {"name": "t", "sha256": "0" * 64}})
     assert [x["unfamiliar"] for x in rep["cells"]] == [None, True, False, False, False]  # None: not typed (the RBC)
+    from bccdet.report import cells_csv
+
+    rows = [ln.split(",") for ln in cells_csv(c).strip().splitlines()]
+    assert rows[0][-1] == "unfamiliar" and [r[-1] for r in rows[1:]] == ["", "1", "0", "0", "0"]
