@@ -545,10 +545,10 @@ class Worker:
 
     def _band(self, t: dict) -> dict:
         """One row of tiles of a whole-slide scan, read tile by tile at level 0 (constant memory)."""
-        import numpy as np
         import tiffslide
 
         from .adapters.yolo import tile_spans
+        from .report import cell_row
 
         pipe = self._pipeline()
         y0, y1, cy0, cy1 = t["yspan"]
@@ -567,12 +567,7 @@ class Worker:
                 cells = cells[keep]
                 counts = _add_counts(counts, cells.counts())
                 for i in range(len(cells)):
-                    bx = cells.xyxy[i] + np.array([x0, y0, x0, y0], np.float32)
-                    area = int(cells.masks[i].sum()) if cells.masks[i] is not None else ""
-                    ls = "" if np.isnan(cells.label_score[i]) else f"{cells.label_score[i]:.4f}"
-                    rows.append([cells.kind[i], f"{cells.score[i]:.4f}", *(f"{v:.1f}" for v in bx), area,
-                                 cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i])),
-                                 "" if cells.label[i] is None else int(bool(cells.unfamiliar[i]))])
+                    rows.append(cell_row(cells, i, (x0, y0)))
                     if cells.kind[i] == "wbc":
                         labels.append(cells.label[i])
                         unf.append(bool(cells.unfamiliar[i]))
@@ -1203,6 +1198,8 @@ class Batch:
 
     def _finish_wsi(self, s: dict, units: dict) -> None:
         """Concatenate the bands into cells.csv (streaming; ids over the slide), sum counts, draw an overview."""
+        from .report import CELLS_CSV_HEADER
+
         name = s["slide"]
         d = self.out / name
         counts: dict = _add_counts({}, {})
@@ -1214,8 +1211,7 @@ class Batch:
             public_mode(fd)
             with os.fdopen(fd, "w", newline="") as fo:
                 w = csv.writer(fo)
-                w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review",
-                            "unfamiliar"])
+                w.writerow(CELLS_CSV_HEADER)
                 k = 0
                 for i in range(s["wsi"]["bands"]):
                     u = units[f"b:{i:05d}"]

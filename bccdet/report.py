@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,30 @@ def unfamiliar_flag(n_unfamiliar: int, n_scored: int, min_cells: int = UNFAMILIA
 DISCLAIMER = "Research use only: flags point a trained reader at cells to review; they are not a diagnosis."
 
 
+def differential_base(counts: dict[str, int]) -> tuple[int, dict]:
+    """(leukocytes: the differential's base, the summary keys for typed cells outside it) of label counts.
+
+    Erythroblasts and platelets are left out of the differential, as in a manual count: they are listed
+    in ``not_in_differential`` and erythroblasts also given per 100 WBC (``nrbc_per_100_wbc``); both keys
+    are present only when they apply. Used by ``analyze`` (:func:`summarize`) and ``classify`` summaries.
+    """
+    n_leuk = sum(v for lab, v in counts.items() if lab not in NOT_IN_DIFFERENTIAL)
+    other = {lab: counts[lab] for lab in NOT_IN_DIFFERENTIAL if counts.get(lab)}
+    extra: dict[str, Any] = {}
+    if other:
+        extra["not_in_differential"] = other
+        if other.get("erythroblast") and n_leuk:
+            extra["nrbc_per_100_wbc"] = round(100.0 * other["erythroblast"] / n_leuk, 1)
+    return n_leuk, extra
+
+
 def summarize(cells: Cells) -> dict[str, Any]:
     counts = cells.counts()
     typed = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc" and lab is not None]
-    labelled = [lab for lab in typed if lab not in NOT_IN_DIFFERENTIAL]  # the leukocytes: the differential's base
-    n_lab = len(labelled)
-    diff = {}
-    for lab in LABELS:
-        c = sum(1 for x in labelled if x == lab)
-        if c:
-            diff[lab] = {"count": c, "percent": round(100.0 * c / n_lab, 1)}
-    other = {lab: n for lab in NOT_IN_DIFFERENTIAL if (n := sum(1 for x in typed if x == lab))}
+    by_label = Counter(typed)
+    n_lab, outside = differential_base(by_label)
+    diff = {lab: {"count": by_label[lab], "percent": round(100.0 * by_label[lab] / n_lab, 1)}
+            for lab in LABELS if by_label.get(lab) and lab not in NOT_IN_DIFFERENTIAL}
     flags = []
     n_wbc = counts["wbc"]
     if n_wbc < MIN_WBC_FOR_DIFFERENTIAL:
@@ -80,10 +94,7 @@ def summarize(cells: Cells) -> dict[str, Any]:
     out = {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
     if n_unf:
         out["unfamiliar"] = n_unf
-    if other:  # nucleus-bearing detections typed erythroblast / platelet: outside the differential
-        out["not_in_differential"] = other
-        if "erythroblast" in other and n_lab:
-            out["nrbc_per_100_wbc"] = round(100.0 * other["erythroblast"] / n_lab, 1)
+    out.update(outside)  # WBC detections typed erythroblast / platelet: outside the differential
     return out
 
 
@@ -116,17 +127,27 @@ def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict
     return rep
 
 
+CELLS_CSV_HEADER = ["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score",
+                    "review", "unfamiliar"]
+
+
+def cell_row(cells: Cells, i: int, offset: tuple[float, float] = (0.0, 0.0)) -> list:
+    """Cell ``i`` as a ``cells.csv`` row without its id (``CELLS_CSV_HEADER[1:]``); ``offset`` (x, y) moves
+    the box (a whole-slide tile's cells into slide coordinates)."""
+    box = cells.xyxy[i] + np.array([offset[0], offset[1], offset[0], offset[1]], np.float32)
+    area = int(cells.masks[i].sum()) if cells.masks[i] is not None else ""
+    ls = "" if np.isnan(cells.label_score[i]) else f"{cells.label_score[i]:.4f}"
+    return [cells.kind[i], f"{cells.score[i]:.4f}", *(f"{v:.1f}" for v in box), area, cells.mask_source[i],
+            cells.label[i] or "", ls, int(bool(cells.review[i])),
+            "" if cells.label[i] is None else int(bool(cells.unfamiliar[i]))]
+
+
 def cells_csv(cells: Cells) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score", "review",
-                    "unfamiliar"])
+    w.writerow(CELLS_CSV_HEADER)
     for i in range(len(cells)):
-        area = int(cells.masks[i].sum()) if cells.masks[i] is not None else ""
-        ls = "" if np.isnan(cells.label_score[i]) else f"{cells.label_score[i]:.4f}"
-        w.writerow([i + 1, cells.kind[i], f"{cells.score[i]:.4f}", *(f"{v:.1f}" for v in cells.xyxy[i]), area,
-                    cells.mask_source[i], cells.label[i] or "", ls, int(bool(cells.review[i])),
-                    "" if cells.label[i] is None else int(bool(cells.unfamiliar[i]))])
+        w.writerow([i + 1, *cell_row(cells, i)])
     return buf.getvalue()
 
 

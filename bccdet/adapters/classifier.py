@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..io import InputError, expand_inputs, image_files, read_image, sha256_file, write_bytes_atomic, write_text_atomic
-from ..report import unfamiliar_flag
+from ..report import differential_base, unfamiliar_flag
 from ..types import Cells
 from ..vocab import ABNORMAL_LABELS, LABELS, NOT_IN_DIFFERENTIAL, normalize_label
 
@@ -1316,10 +1316,9 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     failed = [r for r in rows if not r.get("label")]
     counts = Counter(r["label"] for r in ok)
     n = len(ok)
-    n_leuk = sum(v for lab, v in counts.items() if lab not in NOT_IN_DIFFERENTIAL)  # the differential's base
+    n_leuk, outside = differential_base(counts)
     diff = {lab: round(100.0 * counts[lab] / n_leuk, 1) for lab in LABELS
-            if counts.get(lab) and lab not in NOT_IN_DIFFERENTIAL} if n_leuk else {}
-    other = {lab: counts[lab] for lab in NOT_IN_DIFFERENTIAL if counts.get(lab)}
+            if counts.get(lab) and lab not in NOT_IN_DIFFERENTIAL}
     flags = []
     if failed:
         flags.append({"code": "unreadable", "message": f"{len(failed)} file(s) could not be read"})
@@ -1352,9 +1351,7 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
             "counts": {lab: counts[lab] for lab in LABELS if counts.get(lab)}, "differential_percent": diff,
             "review": n_review, "flags": flags, "apl_score": score, "apl_rule": how,
             **({"unfamiliar": n_unfam} if scored else {}),
-            **({"not_in_differential": other} if other else {}),
-            **({"nrbc_per_100_wbc": round(100.0 * other["erythroblast"] / n_leuk, 1)}
-               if other.get("erythroblast") and n_leuk else {}),
+            **outside,
             **({"prior_adaptation": prior_adaptation} if prior_adaptation is not None else {})}
 
 
