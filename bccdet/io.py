@@ -37,19 +37,29 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _pillow_open(p: Path):
+    """``Image.open`` as Pillow ships it, without its DecompressionBombWarning (our size limit says it in one
+    line). ultralytics replaces ``Image.open`` with a wrapper that, on a file Pillow cannot identify, tries
+    to install a HEIF plug-in and then reports *that* failure; Pillow's own opener gives the true reason."""
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    open_image = getattr(patches, "_image_open", None) or Image.open
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with open_image(p) as im:
+            yield im
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header only, EXIF orientation applied; raises InputError."""
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     _check_file(p)
-    # ultralytics replaces Image.open with a wrapper that, on a file Pillow cannot identify, tries to
-    # install a HEIF plug-in and then reports *that* failure: use Pillow's own opener for a true reason
-    patches = sys.modules.get("ultralytics.utils.patches")
-    open_image = getattr(patches, "_image_open", None) or Image.open
     try:
-        with warnings.catch_warnings(), open_image(p) as im:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # read_image's limit says it in one line
+        with _pillow_open(p) as im:
             w, h = im.size
             try:
                 orient = im.getexif().get(0x0112, 1)
@@ -94,13 +104,8 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         arr = _read_tiff(p, max_pixels)
         if arr is not None:
             return arr
-    # ultralytics replaces Image.open with a wrapper that, on a file Pillow cannot identify, tries to
-    # install a HEIF plug-in and then reports *that* failure: use Pillow's own opener for a true reason
-    patches = sys.modules.get("ultralytics.utils.patches")
-    open_image = getattr(patches, "_image_open", None) or Image.open
     try:
-        with warnings.catch_warnings(), open_image(p) as im:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below says it in one line
+        with _pillow_open(p) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(

@@ -346,6 +346,12 @@ class _FakeClassifier:
     def predict_crops_familiarity(self, crops, batch_size=32):
         return self.predict_crops(crops, batch_size), None
 
+    def type_crops(self, crops, kinds=None, batch_size=None):
+        from bccdet.adapters.classifier import assign_labels
+
+        probs = self.predict_crops(crops)
+        return (probs, *assign_labels(probs, kinds, self.threshold), None)
+
     def crop_single(self, image):
         return image
 

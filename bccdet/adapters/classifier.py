@@ -857,8 +857,6 @@ def save_familiarity(model: dict, path: str | Path, classifier_sha256: str, **pr
                         resid_scale=np.float64(model["resid_scale"]), threshold=np.float64(model["threshold"]),
                         meta=np.frombuffer(json.dumps({"format": FAMILIARITY_FORMAT, "classifier_sha256": classifier_sha256,
                                                        **provenance}).encode(), np.uint8))
-    from ..io import write_bytes_atomic
-
     write_bytes_atomic(path, buf.getvalue())
     return Path(path)
 
@@ -992,6 +990,17 @@ class CellClassifier:
         fam = None if self.familiarity is None else familiarity_scores(self.familiarity, emb)
         return out, fam
 
+    def type_crops(self, crops: Sequence[np.ndarray], kinds: Sequence[str] | None = None,
+                   batch_size: int | None = None):
+        """(probabilities, labels, scores, review, unfamiliar or None) of crops: :func:`assign_labels` on the
+        calibrated probabilities, and every unfamiliar crop (this classifier's familiarity file) reviewed."""
+        probs, fam = self.predict_crops_familiarity(crops, batch_size or self.batch_size)
+        labels, score, review = assign_labels(probs, kinds, self.threshold)
+        unfamiliar = None if fam is None else fam > self.familiarity["threshold"]
+        if unfamiliar is not None:  # a cell unlike any the classifier was trained on: its label is less reliable
+            review = review | unfamiliar
+        return probs, labels, score, review, unfamiliar
+
     def __call__(self, image: np.ndarray, cells: Cells) -> Cells:
         out = cells[np.arange(len(cells))]
         wanted = ("wbc", "platelet") if self.platelets else ("wbc",)
@@ -1000,11 +1009,8 @@ class CellClassifier:
             return out
         fill = border_color(image)
         crops = [cell_crop(image, out.xyxy[i], self.margin, self.imgsz, fill=fill) for i in idx]
-        probs, fam = self.predict_crops_familiarity(crops, self.batch_size)
-        labels, score, review = assign_labels(probs, [out.kind[i] for i in idx], self.threshold)
-        if fam is not None:  # a cell unlike any the classifier was trained on: its label is less reliable
-            unfamiliar = fam > self.familiarity["threshold"]
-            review = review | unfamiliar
+        _, labels, score, review, unfamiliar = self.type_crops(crops, [out.kind[i] for i in idx])
+        if unfamiliar is not None:
             out.unfamiliar[idx] = unfamiliar
         for j, i in enumerate(idx):
             out.label[i] = labels[j]
@@ -1066,11 +1072,11 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
     def flush():
         if not pending:
             return
-        probs, fam = clf.predict_crops_familiarity([c for _, c in pending], batch_size)
-        labels, score, review = assign_labels(probs, None, clf.threshold)
-        unfamiliar = [None] * len(pending) if fam is None else list(fam > clf.familiarity["threshold"])
+        probs, labels, score, review, unfamiliar = clf.type_crops([c for _, c in pending], None, batch_size)
+        if unfamiliar is None:
+            unfamiliar = [None] * len(pending)
         for (r, _), lab, s, rv, pr, uf in zip(pending, labels, score, review, probs, unfamiliar):
-            rows[r].update(label=lab, label_score=round(float(s), 4), review=bool(rv or uf),
+            rows[r].update(label=lab, label_score=round(float(s), 4), review=bool(rv),
                            unfamiliar=None if uf is None else bool(uf),
                            **{f"p_{k}": round(float(v), 4) for k, v in zip(LABELS, pr)})
         if progress:
