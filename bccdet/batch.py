@@ -1295,20 +1295,14 @@ class Batch:
             self.images = was.get("images", "auto")
         if self.adapt is None:
             self.adapt = bool(was.get("adapt", False))
+        # --images / --adapt are recorded only when not the default: batches made before them resume unchanged
+        newer = {**({"images": self.images} if self.images != "auto" else {}), **({"adapt": True} if self.adapt else {})}
         self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify,
                      "refine": self.refine, "formats": list(self.formats),
-                     "detector_options": self.detector_options}
-        if self.images != "auto":  # absent when auto / off: batches made before these options resume unchanged
-            self.args["images"] = self.images
-        if self.adapt:
-            self.args["adapt"] = True
+                     "detector_options": self.detector_options, **newer}
         self.models, cfg, notes = self._models()
         self.options = {"tile": cfg["tile"], "overlap": cfg["overlap"], "detector_options": self.detector_options,
-                        "formats": list(self.formats)}
-        if self.images != "auto":
-            self.options["images"] = self.images
-        if self.adapt:
-            self.options["adapt"] = True
+                        "formats": list(self.formats), **newer}
         if prev is not None and (prev.get("models") != self.models or prev.get("options") != self.options):
             raise InputError(f"{self.out} was made with other models or options ({_diff(prev, self.models, self.options)}); "
                              "resume with the same ones, or choose another --out")

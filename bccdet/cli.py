@@ -104,7 +104,7 @@ def analyze(
     sam: Optional[str] = typer.Option(None, help="SAM model: a registered name (default: the registry's sam default, else LiteMedSAM), 'litemedsam' for LiteMedSAM as shipped, or a checkpoint file (our decoder fine-tune .pt, Meta's vit_b/l/h .pth)."),
 ):
     """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
-    from .io import atomic_dir, read_image
+    from .io import atomic_dir, check_out_dir, read_image
     from .weights import WeightsError, resolve
 
     bad_fmt = sorted(set(fmt) - {"coco", "geojson"})
@@ -119,8 +119,6 @@ def analyze(
     if not paths:
         _err("no images given (pass image files, or --sample)")
         raise typer.Exit(2)
-    from .io import check_out_dir
-
     check_out_dir(out)
     weights, name, sha = resolve(detector, "detector")  # one clear line (exit 2) when there is none
     from .adapters.yolo import YoloDetector
@@ -245,10 +243,7 @@ def convert_roboflow(
         raise ConversionError("give an export folder/zip or --download WORKSPACE/PROJECT/VERSION")
     import tempfile
 
-    from .convert.common import check_out
-
-    check_out(out, [src])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # _det_convert checks OUT against the export first
     # a zip is unpacked into a fresh hidden folder beside OUT (same file system: the set hard-links its
     # images), removed when the set is written: nothing of an earlier export can leak into this one
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.extract-", dir=out.parent) as work:
@@ -446,7 +441,7 @@ def classify(
     import io
     import json
 
-    from .io import write_text_atomic
+    from .io import check_out_dir, write_text_atomic
     from .vocab import LABELS
 
     if patients not in ("call", "path", "folder"):
@@ -454,8 +449,6 @@ def classify(
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(f"{missing[0]}: no such file or folder")
-    from .io import check_out_dir
-
     check_out_dir(out)
     groups = _patient_groups(list(paths), patients)
     n_img = sum(len(files) for _, files in groups)

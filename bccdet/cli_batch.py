@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         """Analyse many slides: one folder per slide (fields, or a CellaVision export of single cells), loose images
         and whole-slide scans; write OUT/manifest.json, OUT/<slide>/slide.json, slides.csv, slides.parquet and
         summary.html. Exit status 1 when any input failed (recorded in the manifest; the others are processed)."""
-        from .batch import run_batch
+        from .batch import IMAGE_KINDS, run_batch
 
         if backend not in ("local", "ray"):
             _err(f"unknown --backend {backend!r}; expected local or ray")
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         if bad_fmt:
             _err(f"unknown --format {bad_fmt}; expected coco or geojson")
             raise typer.Exit(2)
-        if images is not None and images not in ("auto", "fields", "cells"):
+        if images is not None and images not in IMAGE_KINDS:
             _err(f"unknown --images {images!r}; expected auto, fields or cells")
             raise typer.Exit(2)
         if not inputs and not resume:

@@ -1068,7 +1068,6 @@ def probe_probabilities(emb: np.ndarray, labels: Sequence[str], seed: int = 0) -
     return classes, probs
 
 
-
 def near_duplicate_pairs(emb: np.ndarray, threshold: float, chunk: int = 2048) -> list[tuple[int, int, float]]:
     """Pairs (i, j, d), i < j, whose cosine distance d = 1 - cos is at most ``threshold``, each image with its
     nearest other image. The distance reported is the one the threshold was applied to (fiftyone.brain's

@@ -35,28 +35,36 @@ def _bccdet():
     return bf
 
 
-def _target(inputs, ctx, action):
-    inputs.view_target(ctx, action_description=action, allow_selected_samples=True)
+class _Operator(foo.Operator):
+    """An operator over the App's current view / selection: ``NAME``, ``LABEL`` (the menu entry and form
+    title), ``DESCRIPTION``, ``ACTION`` (what the target picker says) and the form's own fields
+    (``add_inputs``)."""
 
+    NAME = LABEL = DESCRIPTION = ACTION = ""
 
-class RunDetector(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="run_detector",
-            label="bccdet: run the detector",
-            description="Detect and outline every cell of the target samples with bccdet",
-            dynamic=False,
-        )
+        return foo.OperatorConfig(name=self.NAME, label=self.LABEL, description=self.DESCRIPTION, dynamic=False)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        _target(inputs, ctx, "Run the detector on")
+        inputs.view_target(ctx, action_description=self.ACTION, allow_selected_samples=True)
+        self.add_inputs(inputs)
+        return types.Property(inputs, view=types.View(label=self.LABEL))
+
+    def add_inputs(self, inputs):
+        pass
+
+
+class RunDetector(_Operator):
+    NAME, LABEL, ACTION = "run_detector", "bccdet: run the detector", "Run the detector on"
+    DESCRIPTION = "Detect and outline every cell of the target samples with bccdet"
+
+    def add_inputs(self, inputs):
         inputs.str("detector", label="Detector", description="Registered name or .pt file (empty: the default)")
         inputs.str("pred_field", label="Predictions field", default="predictions")
         inputs.float("conf", label="Confidence threshold", default=0.25)
         inputs.str("device", label="Device", default="cpu")
-        return types.Property(inputs, view=types.View(label="bccdet: run the detector"))
 
     def execute(self, ctx):
         bf = _bccdet()
@@ -74,26 +82,16 @@ class RunDetector(foo.Operator):
         return types.Property(outputs)
 
 
+class ClassifyCells(_Operator):
+    NAME, LABEL, ACTION = "classify_cells", "bccdet: type the white cells", "Type the cells of"
+    DESCRIPTION = "Run bccdet's leukocyte classifier on single-cell samples or on the WBC detections of a field"
 
-class ClassifyCells(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="classify_cells",
-            label="bccdet: type the white cells",
-            description="Run bccdet's leukocyte classifier on single-cell samples or on the WBC detections of a field",
-            dynamic=False,
-        )
-
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        _target(inputs, ctx, "Type the cells of")
+    def add_inputs(self, inputs):
         inputs.str("classifier", label="Classifier", description="Registered name or .pt file (empty: the default)")
         inputs.str("det_field", label="Detections field",
                    description="Type the WBC detections of this field (e.g. predictions); empty: each sample is one cell")
         inputs.str("field", label="Classification field (single-cell samples)", default="bccdet_cell_type")
         inputs.str("device", label="Device", default="cpu")
-        return types.Property(inputs, view=types.View(label="bccdet: type the white cells"))
 
     def execute(self, ctx):
         bf = _bccdet()
@@ -112,24 +110,15 @@ class ClassifyCells(foo.Operator):
         outputs.str("classifier", label="Classifier")
         return types.Property(outputs)
 
-class FindLabelMistakes(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="find_label_mistakes",
-            label="bccdet: find label mistakes",
-            description="Evaluate, run fiftyone.brain mistakenness/hardness/uniqueness and tag suspected label errors",
-            dynamic=False,
-        )
+class FindLabelMistakes(_Operator):
+    NAME, LABEL, ACTION = "find_label_mistakes", "bccdet: find label mistakes", "Look for label mistakes in"
+    DESCRIPTION = "Evaluate, run fiftyone.brain mistakenness/hardness/uniqueness and tag suspected label errors"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        _target(inputs, ctx, "Look for label mistakes in")
+    def add_inputs(self, inputs):
         inputs.float("missing_conf", label="Possible-missing confidence", default=0.5)
         inputs.float("iou", label="Match IoU", default=0.5)
         inputs.bool("brain", label="Run fiftyone.brain", default=True)
         inputs.str("csv", label="Ranked CSV (optional path)")
-        return types.Property(inputs, view=types.View(label="bccdet: find label mistakes"))
 
     def execute(self, ctx):
         bf = _bccdet()
@@ -155,25 +144,16 @@ class FindLabelMistakes(foo.Operator):
         return types.Property(outputs)
 
 
-class ExportYolo(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="export_yolo",
-            label="bccdet: export to YOLO",
-            description="Write the target samples' (corrected) labels in bccdet's YOLO layout (and COCO)",
-            dynamic=False,
-        )
+class ExportYolo(_Operator):
+    NAME, LABEL, ACTION = "export_yolo", "bccdet: export to YOLO", "Export"
+    DESCRIPTION = "Write the target samples' (corrected) labels in bccdet's YOLO layout (and COCO)"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        _target(inputs, ctx, "Export")
+    def add_inputs(self, inputs):
         inputs.str("out", label="Output folder", required=True)
         inputs.enum("task", ["segment", "detect"], label="YOLO task", default="segment")
         inputs.bool("corrected", label="Apply review tags (accept / reject / exclude)", default=True)
         inputs.bool("coco", label="Also write COCO JSON", default=False)
         inputs.bool("overwrite", label="Replace a non-empty output folder", default=False)
-        return types.Property(inputs, view=types.View(label="bccdet: export to YOLO"))
 
     def execute(self, ctx):
         bf = _bccdet()
