@@ -68,7 +68,14 @@ def run_one(config: str, n: int, detector: str | None, device: str) -> dict:
         "ms": {s: statistics.mean(r.get(s, 0.0) for r in rows) for s in stages},
         "wall_ms_per_field": wall / len(fields) * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": _threads(),
     }
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main() -> None:
@@ -103,7 +110,7 @@ def main() -> None:
         ms = r["ms"]
         ratio = f"{r['wall_ms_per_field'] / base:.2f}" if base else "-"
         print(f"{r['config']:<17}{ms.get('detect', 0):>9.0f}{ms.get('refine', 0):>9.0f}{ms.get('classify', 0):>10.0f}"
-              f"{ms.get('total', 0):>9.0f}{r['wall_ms_per_field']:>12.0f}{r['peak_rss_mb']:>9.0f}M{ratio:>10}")
+              f"{ms.get('total', 0):>9.0f}{r['wall_ms_per_field']:>12.0f}{r['peak_rss_mb']:>9.0f}M{ratio:>10}{r.get('torch_threads', '-'):>9}")
 
 
 if __name__ == "__main__":

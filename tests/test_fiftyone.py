@@ -417,6 +417,8 @@ def test_plugin_operators(ds_name, bccd_yolo, pbc_cls, tiny_detector, tmp_path, 
     wbc = [d for s in ds.select(sel) for d in s.ground_truth.detections if d.label == "wbc"]
     assert res.result["typed"] == len(wbc) >= 2
     assert all(d["cell_type"] in LABELS and 0 < d["cell_type_score"] <= 1 for d in wbc)
+    # phone-camera BCCD white cells are mostly unlike the CellaVision training cells: flagged and reviewed
+    assert any(d["unfamiliar"] for d in wbc) and all(d["review"] for d in wbc if d["unfamiliar"])
     assert ds.info["bccdet"]["classifier"]["name"] == res.result["classifier"]
     # ... and on single-cell images: real PBC cells (4 classes x 7), typed as their folders say
     cls, _ = bf.build_classification_dataset(pbc_cls, ds_name(), log=lambda m: None)
@@ -424,6 +426,14 @@ def test_plugin_operators(ds_name, bccd_yolo, pbc_cls, tiny_detector, tmp_path, 
     assert res.result["typed"] == len(cls) == 29
     pred, gt = cls.values("bccdet_cell_type.label"), cls.values("ground_truth.label")
     assert np.mean([p == g for p, g in zip(pred, gt)]) >= 0.85, list(zip(pred, gt))
+    assert set(cls.values("bccdet_cell_type.unfamiliar")) <= {True, False}
+    # single cells take the same review rule as `classify`: every unfamiliar cell is reviewed
+    from bccdet.adapters.classifier import load_classifier
+
+    strict = load_classifier()
+    strict.familiarity = dict(strict.familiarity, threshold=-1.0)  # every cell unfamiliar
+    assert bf.classify_samples(cls, strict, field_name="strict") == 29
+    assert all(cls.values("strict.unfamiliar")) and all(cls.values("strict.review"))
     with pytest.raises(Exception, match="no field 'nope'"):
         foo.execute_operator("@bccdet/bccdet/classify_cells", ctx={"dataset": cls.name, "params": {"det_field": "nope"}})
 

@@ -459,27 +459,26 @@ def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det
     """Type cells with the leukocyte classifier; returns how many cells were typed.
 
     Without ``det_field`` each sample is one single-cell image (a CellaVision export, PBC): it gets
-    ``field_name`` = ``fo.Classification(label, confidence, logits=log p)`` plus ``review``. With
+    ``field_name`` = ``fo.Classification(label, confidence, logits=log p)`` plus ``review`` and
+    ``unfamiliar`` (as ``classify`` reports them: an unfamiliar cell is always reviewed). With
     ``det_field`` every white-cell detection of that field (label ``wbc`` or a WBC synonym) is cropped as
     ``analyze`` does (the classifier stage itself, on those boxes) and gets the attributes ``cell_type``,
-    ``cell_type_score`` and ``review``, the attributes ``analyze`` reports carry too.
+    ``cell_type_score``, ``review`` and ``unfamiliar``, the attributes ``analyze`` reports carry too.
     """
     from ..io import read_image
     from ..types import normalize_kind
     from ..vocab import LABELS
-    from .classifier import assign_labels
-
     fo = _fo()
     n, done, total = 0, 0, len(samples)
     fields = ["metadata"] + ([det_field] if det_field else [])
     for sample in samples.select_fields(fields).iter_samples(autosave=True, batch_size=32):
         img = read_image(sample.filepath)
         if det_field is None:
-            p = classifier.predict_crops([classifier.crop_single(img)])
-            labels, score, review = assign_labels(p, None, classifier.threshold)
+            p, labels, score, review, unfamiliar = classifier.type_crops([classifier.crop_single(img)])
             sample[field_name] = fo.Classification(label=labels[0], confidence=float(score[0]),
                                                    logits=np.log(np.maximum(p[0], 1e-8)).tolist())
             sample[field_name]["review"] = bool(review[0])
+            sample[field_name]["unfamiliar"] = None if unfamiliar is None else bool(unfamiliar[0])
             n += 1
         else:
             dets = sample[det_field]
@@ -496,8 +495,9 @@ def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det
                 xyxy = [(x * w, y * h, (x + bw) * w, (y + bh) * h) for x, y, bw, bh in (d.bounding_box for d in wbc)]
                 typed = classifier(img, Cells(xyxy=np.array(xyxy, np.float32), kind=["wbc"] * len(wbc),
                                               meta=SmearMeta(path=sample.filepath, width=w, height=h)))
-                for d, lab, sc, rv in zip(wbc, typed.label, typed.label_score, typed.review):
+                for d, lab, sc, rv, uf in zip(wbc, typed.label, typed.label_score, typed.review, typed.unfamiliar):
                     d["cell_type"], d["cell_type_score"], d["review"] = lab, float(sc), bool(rv)
+                    d["unfamiliar"] = bool(uf)
                 sample[det_field] = dets
                 n += len(wbc)
         done += 1

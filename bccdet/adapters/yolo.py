@@ -14,8 +14,13 @@ from ..types import KINDS, Cells, SmearMeta
 def setup_offline() -> None:
     """Keep ultralytics from touching the network: YOLO_OFFLINE, no telemetry, a local font for plots.
 
-    Must run before ``import ultralytics`` (its settings are read at import time).
+    Must run before ``import ultralytics`` (its settings are read at import time). torch is imported
+    first, so that its CPU thread pool is sized from this process's own environment: ``import
+    ultralytics`` sets ``OMP_NUM_THREADS=1`` when unset, and a torch imported after that runs every
+    stage (detector, SAM, classifier) on one thread.
     """
+    __import__("torch")  # before ultralytics: see above
+
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", os.environ.get("YOLO_VERBOSE", "False"))
     if "YOLO_CONFIG_DIR" not in os.environ:
@@ -30,6 +35,25 @@ def setup_offline() -> None:
             src = _any_ttf()
             if src is not None:
                 shutil.copyfile(src, dst)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def restore_threads(n: int) -> None:
+    """Put torch's CPU thread count back to ``n`` after an ultralytics call.
+
+    ultralytics' ``select_device`` (run by every ``predict`` / ``val`` set-up) sets it to ``cpu_count - 1``
+    capped at 8 for CPU training: 1 thread on a 2-core machine, where the SAM and classifier stages that
+    follow then ran at about half speed, and 8 in each ``batch`` worker that was given its share.
+    """
+    import torch
+
+    if n and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def _any_ttf() -> Path | None:
@@ -129,6 +153,7 @@ class YoloDetector:
         from ..runtime import tune_malloc
 
         tune_malloc()
+        self.threads = torch_threads()
         self.model = YOLO(str(weights))
         self.name = name or Path(weights).stem
         self.sha256 = sha256
@@ -141,6 +166,7 @@ class YoloDetector:
 
     def _predict(self, image: np.ndarray, meta: SmearMeta) -> Cells:
         r = self.model.predict(np.ascontiguousarray(image[..., ::-1]), **self.kw)[0]  # ultralytics wants BGR
+        restore_threads(self.threads)
         return results_to_cells(r, meta, names=self.model.names)
 
     def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
@@ -192,10 +218,12 @@ def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int = 
 
     from ultralytics import YOLO
 
+    threads = torch_threads()
     m = YOLO(str(weights))
     with tempfile.TemporaryDirectory() as tmp:
         r = m.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
                   max_det=max_det, plots=False, verbose=False, project=tmp, name="val", save_json=False)
+    restore_threads(threads)
     names = r.names if hasattr(r, "names") else m.names
     out = {"weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "iou": iou, "conf": conf,
            "speed_ms": {k: round(float(v), 2) for k, v in (r.speed or {}).items()}}
