@@ -1221,7 +1221,8 @@ class Batch:
                     with open(d / BANDS_DIR / f"band-{i:05d}.csv", newline="") as fi:
                         for row in csv.reader(fi):
                             k += 1
-                            w.writerow([k, *row])
+                            # a band written by an older bccdet lacks the newer trailing columns: empty
+                            w.writerow([k, *row, *[""] * (len(CELLS_CSV_HEADER) - 1 - len(row))])
                             if row[0] == "wbc" and len(wbc_boxes) < 100_000:
                                 wbc_boxes.append([float(v) for v in row[2:6]])
                 fo.flush()
