@@ -360,6 +360,7 @@ def train_detector(
     device: str = device_option(), workers: int = typer.Option(2),
     fraction: float = typer.Option(1.0, help="Fraction of the training images to use."),
     resume: bool = typer.Option(False, help="Resume from PROJECT/NAME/weights/last.pt."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: all torch sees; ultralytics alone uses one fewer than the CPUs)."),
     arg: List[str] = typer.Option([], "--arg", help="Extra ultralytics train argument KEY=VALUE (repeatable), e.g. close_mosaic=3."),
 ):
     """Train the YOLOv8-seg detector with ultralytics (checkpoints every epoch)."""
@@ -375,7 +376,7 @@ def train_detector(
             raise InputError(f"--arg {a!r}: expected KEY=VALUE")
         extra[k.strip()] = yaml.safe_load(v)
     best = train(data, model=model, init=init, epochs=epochs, imgsz=imgsz, batch=batch, project=project,
-                 name=name, device=device, workers=workers, fraction=fraction, resume=resume, **extra)
+                 name=name, device=device, workers=workers, fraction=fraction, resume=resume, threads=threads, **extra)
     typer.echo(f"best weights: {best}")
 
 

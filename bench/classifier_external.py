@@ -14,7 +14,6 @@ cell labelled lymphocyte as right: that set's 5-class scheme has no variant clas
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-NAMES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+from wbcseg import NAMES, wbcseg_cells  # noqa: E402
+
 
 
 def main() -> None:
@@ -35,18 +35,13 @@ def main() -> None:
     from machine import machine
 
     from bccdet.adapters.classifier import CellClassifier
-    from bccdet.data import dataset
     from bccdet.io import read_image
     from bccdet.vocab import LABELS
     from bccdet.weights import resolve
 
-    root = dataset("wbc-seg")
-    if root is None:
-        sys.exit("need the wbc-seg folder ($BCCDET_DATA or ../shared/datasets)")
-    rows = list(csv.DictReader(open(root / "labels.csv")))
-    ids = [int(r["image ID"]) for r in rows]
-    y = np.array([NAMES[int(r["class"]) - 1] for r in rows])
-    imgs = [read_image(root / "images" / f"{i:03d}.png") for i in ids]
+    files, names = wbcseg_cells()
+    y = np.array(names)
+    imgs = [read_image(f) for f in files]
     print(f"machine: {machine()}")
     print(f"wbc-seg: {len(y)} images; " + ", ".join(f"{k} {v}" for k, v in Counter(y).items()))
     print(f"{'model':<28}{'acc (12)':>9}{'acc (12, vl=ly)':>16}{'acc (5)':>9}" + "".join(f"{n[:5]:>7}" for n in NAMES) + "   top confusions (12 labels)")

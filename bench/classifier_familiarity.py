@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-WBCSEG = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+from wbcseg import wbcseg_cells  # noqa: E402
+
 
 
 def _embed_all(clf, threads: int) -> dict:
@@ -61,12 +62,9 @@ def _embed_all(clf, threads: int) -> dict:
         out[f"{key}_split"] = np.array([r["split"] for r in rows])
         out[f"{key}_y"] = np.array([LABELS.index(r["label"]) for r in rows])
         out[f"{key}_group"] = np.array([r["group"] for r in rows])
-    root = dataset("wbc-seg")
-    if root is None:
-        sys.exit("need wbc-seg ($BCCDET_DATA or ../shared/datasets)")
-    wr = list(csv.DictReader(open(root / "labels.csv")))
-    out["wbc_E"], out["wbc_Z"] = run([clf.crop_single(read_image(root / "images" / f"{int(r['image ID']):03d}.png")) for r in wr])
-    out["wbc_y"] = np.array([LABELS.index(WBCSEG[int(r["class"]) - 1]) for r in wr])
+    files, names = wbcseg_cells()
+    out["wbc_E"], out["wbc_Z"] = run([clf.crop_single(read_image(f)) for f in files])
+    out["wbc_y"] = np.array([LABELS.index(n) for n in names])
     bccd = dataset("bccd")
     if bccd is None:
         sys.exit("need bccd ($BCCDET_DATA or ../shared/datasets)")

@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from wbcseg import wbcseg_cells  # noqa: E402
+
 DEFAULT_MEMBERS = ["bccdet-effnetl0-wbc224", "bccdet-effnetl0-wbc"] + [f"runs/cv/fold{i}/classifier.pt" for i in range(5)]
-WBCSEG = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 
 
 def _load(ref):
@@ -64,7 +65,6 @@ def main() -> None:
     from sklearn.neighbors import KNeighborsClassifier
 
     from bccdet.adapters.classifier import _to_input
-    from bccdet.data import dataset
     from bccdet.io import read_image
     from bccdet.vocab import LABELS
 
@@ -152,11 +152,9 @@ def main() -> None:
             b.eval()
 
     calls = {}
-    root = dataset("wbc-seg")
-    if root is not None:
-        wr = list(csv.DictReader(open(root / "labels.csv")))
-        calls["wbc-seg (1 call)"] = [([clf.crop_single(read_image(root / "images" / f"{int(r['image ID']):03d}.png")) for r in wr],
-                                      np.array([LABELS.index(WBCSEG[int(r["class"]) - 1]) for r in wr]))]
+    wb = wbcseg_cells(required=False)
+    if wb is not None:
+        calls["wbc-seg (1 call)"] = [([clf.crop_single(read_image(f)) for f in wb[0]], np.array([LABELS.index(n) for n in wb[1]]))]
     pick = np.random.default_rng(0).permutation(idx)[:600]
     calls["PBC test (6 calls of 100)"] = [([crops[i] for i in pick[j:j + 100]], y[pick[j:j + 100]]) for j in range(0, 600, 100)]
     dr = [r for r in csv.DictReader(open(REPO / "data/deepapl-cls/manifest.csv")) if r["split"] == "test"] \

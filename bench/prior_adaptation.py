@@ -21,7 +21,6 @@ Probabilities are computed once per image with the shipped model; the adaptation
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -30,6 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from wbcseg import wbcseg_cells  # noqa: E402
 
 
 def _probs(clf, files, batch=64):
@@ -81,7 +82,6 @@ def main() -> None:
     from machine import machine
 
     from bccdet.adapters.classifier import CellClassifier, reference_prior
-    from bccdet.data import dataset
     from bccdet.vocab import LABELS
     from bccdet.weights import resolve
 
@@ -109,13 +109,10 @@ def main() -> None:
             np.concatenate([z["probs"][t] for (_, z), t in zip(zs, te)]).astype(np.float64),
             np.array([LABELS.index(v) for (_, z), t in zip(zs, te) for v in z["label"][t]]),
             np.concatenate([np.char.add(f"{n}/", z["group"][t]) for (n, z), t in zip(zs, te)]))
-    root = dataset("wbc-seg")
-    if root is not None:
-        names = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
-        rows = list(csv.DictReader(open(root / "labels.csv")))
-        wf = [root / "images" / f"{int(r['image ID']):03d}.png" for r in rows]
+    wb = wbcseg_cells(required=False)
+    if wb is not None:
         sets["wbc-seg (another lab, one call)"] = (
-            _probs(clf, wf), np.array([LABELS.index(names[int(r["class"]) - 1]) for r in rows]), np.zeros(len(rows), int))
+            _probs(clf, wb[0]), np.array([LABELS.index(n) for n in wb[1]]), np.zeros(len(wb[0]), int))
     pbc = sorted(f for f in (REPO / "data" / "pbc-cls" / "test").glob("*/*") if f.is_file())
     if pbc:
         y = np.array([LABELS.index(f.parent.name) for f in pbc])

@@ -76,3 +76,30 @@ def test_train_detector_refuses_a_bad_data_yaml_before_making_a_run_folder(tmp_p
         r = cli("train", "detector", "--data", data, "--project", tmp_path / "runs", "--epochs", "1")
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists()  # nothing left behind for a later run to trip over
+
+
+def test_detector_trains_on_the_threads_asked(bccd, tmp_path, cli, monkeypatch):
+    """ultralytics' trainer sets torch to cpu_count - 1 threads (1 on 2 cores); `train detector` holds
+    the count it was given (default: torch's own) through every training batch."""
+    import torch
+
+    from bccdet.adapters import yolo
+
+    sub = _bccd_subset(bccd, tmp_path / "bccd", n=(4, 2, 0))
+    r = cli("convert", "bccd", sub, "--out", tmp_path / "y", "--task", "detect")
+    assert r.returncode == 0, r.stderr
+    seen, build = [], yolo.build_model
+
+    def recording(*a, **k):
+        m = build(*a, **k)
+        m.add_callback("on_train_batch_end", lambda trainer: seen.append(torch.get_num_threads()))
+        return m
+
+    monkeypatch.setattr(yolo, "build_model", recording)
+    before = torch.get_num_threads()
+    try:
+        yolo.train(tmp_path / "y/data.yaml", model="yolov8n.yaml", init="none", epochs=1, imgsz=64, batch=2, workers=0,
+                   project=tmp_path / "runs", name="t", threads=3, val=False)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {3}

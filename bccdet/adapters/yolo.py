@@ -98,20 +98,29 @@ def build_model(model: str = "yolov8n-seg.yaml", init: str | None = "tau-fibrils
 
 def train(data: Path, model: str = "yolov8n-seg.yaml", init: str | None = "tau-fibrils", epochs: int = 50,
           imgsz: int = 416, batch: int = 16, project: Path = Path("runs/detector"), name: str = "train",
-          device: str = "cpu", workers: int = 2, fraction: float = 1.0, resume: bool = False, **extra) -> Path:
-    """Train with ultralytics; checkpoints (last.pt, best.pt) are written every epoch. Returns best.pt."""
+          device: str = "cpu", workers: int = 2, fraction: float = 1.0, resume: bool = False,
+          threads: int | None = None, **extra) -> Path:
+    """Train with ultralytics; checkpoints (last.pt, best.pt) are written every epoch. Returns best.pt.
+
+    ``threads``: torch CPU threads for the training process (default: torch's own count for this
+    machine). ultralytics alone sets ``cpu_count - 1`` (1 on 2 cores); measured here, one epoch over 148
+    merged-seg images (416 px, batch 16, 1 loader worker, cache=ram) took 63 s on 1 thread, 47 s on 2.
+    """
     setup_offline()
     from ultralytics import YOLO
 
+    n = int(threads) if threads else torch_threads()
     project = Path(project).resolve()
     if resume:
         last = project / name / "weights" / "last.pt"
         if not last.exists():
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
         m = YOLO(str(last))
+        _keep_threads(m, n)
         m.train(resume=True)
     else:
         m = build_model(model, init)
+        _keep_threads(m, n)
         args = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name,
                     device=device, workers=workers, fraction=fraction, exist_ok=True, plots=False, save_period=-1,
                     amp=False, val=True, verbose=False)
@@ -119,6 +128,12 @@ def train(data: Path, model: str = "yolov8n-seg.yaml", init: str | None = "tau-f
         m.train(**args)
     best = project / name / "weights" / "best.pt"
     return best if best.exists() else project / name / "weights" / "last.pt"
+
+
+def _keep_threads(model, n: int) -> None:
+    """Hold torch at ``n`` CPU threads through training: the trainer's ``select_device`` sets its own count."""
+    for event in ("on_pretrain_routine_end", "on_train_epoch_start"):
+        model.add_callback(event, lambda trainer: restore_threads(n))
 
 
 def results_to_cells(result, meta: SmearMeta, names: dict | None = None) -> Cells:
