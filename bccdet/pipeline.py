@@ -23,6 +23,8 @@ class Pipeline:
         out = {}
         for key, st in (("detector", self.detector), ("refiner", self.refiner), ("classifier", self.classifier)):
             out[key] = None if st is None else {"name": st.name, "sha256": st.sha256}
+            if getattr(st, "precision", None):  # numbers as computed: SAM's encoder runs bf16 where native
+                out[key]["precision"] = st.precision
         return out
 
     def run(self, image: np.ndarray, path: str | Path = "") -> Cells:

@@ -59,14 +59,15 @@ def run_mode(model, items, mode, rng_seed=0):
     return out, dt * 1e3
 
 
-def detector_vs_refined(items, detector: str | None):
+def detector_vs_refined(items, detector: str | None, precision: str = "fp32"):
     """(c): the detector's WBC mask and the refined one, each against the true whole-cell mask."""
     from bccdet.adapters.sam import SamRefiner
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.weights import resolve
 
     w, name, sha = resolve(detector, "detector")
-    res = refine_detected(items, range(len(items)), YoloDetector(w, name=name, sha256=sha), SamRefiner(kinds=("wbc",)))
+    res = refine_detected(items, range(len(items)), YoloDetector(w, name=name, sha256=sha),
+                          SamRefiner(kinds=("wbc",), precision=precision))
     d = np.array([v[0] for v in res.values()])
     r = np.array([v[1] for v in res.values()])
     return name, d, r, sum(v[2] == "sam" for v in res.values()), len(items) - len(res)
@@ -133,6 +134,7 @@ def main():
     ap.add_argument("--modes", default="field256@0,field256,win128@0,win128@0.05,win128,win128@0.1,win256",
                     help="field<size> | win<size>, optionally @<prompt grow> (default: the adapter's PROMPT_GROW)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precision", default="fp32", help="image encoder: fp32, bf16 or auto (bf16 where native)")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--detector", default=None, help="(c) detector vs refined masks: a detector name or .pt ('default': the registered one)")
     a = ap.parse_args()
@@ -150,16 +152,17 @@ def main():
     root = dataset("wbc-seg")
     if root is None:
         sys.exit("wbc-seg absent: set BCCDET_DATA or put the data sets in ../shared/datasets")
-    model = SamModel()
+    model = SamModel(precision=a.precision)
     items = wbc_seg_items(root, a.limit)
     print(describe())
-    print(f"LiteMedSAM on wbc-seg ({len(items)} images, whole-cell masks), torch threads {torch.get_num_threads()}")
+    print(f"LiteMedSAM on wbc-seg ({len(items)} images, whole-cell masks), torch threads {torch.get_num_threads()}, "
+          f"encoder {model.precision}")
     print(f"{'mode':<10}{'IoU(a)':>8}{'Dice(a)':>9}{'min(a)':>8}{'IoU(b)':>8}{'Dice(b)':>9}{'min(b)':>8}{'ms/img':>9}")
     for mode in filter(None, a.modes.split(",")):
         r, ms = run_mode(model, items, mode)
         print(f"{mode:<10}{r['a'][0]:>8.3f}{r['a'][1]:>9.3f}{r['a'][2]:>8.3f}{r['b'][0]:>8.3f}{r['b'][1]:>9.3f}{r['b'][2]:>8.3f}{ms:>9.0f}")
     if a.detector:
-        name, d, r, n_sam, missed = detector_vs_refined(items, None if a.detector == "default" else a.detector)
+        name, d, r, n_sam, missed = detector_vs_refined(items, None if a.detector == "default" else a.detector, a.precision)
         print(f"\n(c) detector {name}: WBC found in {len(d)}/{len(items)} images; mean IoU with the true mask: "
               f"detector {d.mean():.3f}, refined {r.mean():.3f} (SAM mask kept for {n_sam}; "
               f"refined < detector - 0.01 in {int(np.sum(r < d - 0.01))} images)")

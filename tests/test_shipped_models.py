@@ -88,6 +88,9 @@ def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
     assert rep["models"]["detector"]["name"] == default_name("detector")
     assert rep["models"]["refiner"]["name"] == default_name("sam") + "@128"  # our fine-tuned decoder, 128 px windows
     assert rep["models"]["refiner"]["sha256"] == registry()[default_name("sam")].sha256
+    from bccdet.adapters.sam import encoder_precision
+
+    assert rep["models"]["refiner"]["precision"] == encoder_precision("auto")  # bf16 where this CPU has it natively
     assert rep["models"]["classifier"]["name"] == default_name("classifier")
     wbc = [c for c in rep["cells"] if c["kind"] == "wbc"]
     assert len(wbc) == 1 and wbc[0]["label"] in ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte",

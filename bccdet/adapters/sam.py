@@ -124,6 +124,32 @@ def _build_litemedsam():
     return Sam(image_encoder=enc, prompt_encoder=pe, mask_decoder=dec)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether this machine runs bfloat16 matrix products natively (AVX512-BF16 or AMX on CPU; a CUDA
+    GPU of compute capability 8.0 or later)."""
+    import torch
+
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def encoder_precision(precision: str, device_type: str = "cpu") -> str:
+    """``fp32`` or ``bf16`` for the image encoder: ``auto`` is bf16 where it is native (:func:`native_bf16`),
+    else fp32 (emulated bf16 is slower than fp32). The prompt encoder and mask decoder stay fp32."""
+    if precision not in PRECISIONS:
+        raise SamError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision
+
+
 class SamModel:
     """A SAM-family model with box prompts: LiteMedSAM (default) or a standard SAM checkpoint.
 
@@ -132,7 +158,7 @@ class SamModel:
     """
 
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
-                 sha256: str | None = None, threads: int | None = None):
+                 sha256: str | None = None, threads: int | None = None, precision: str = "auto"):
         import torch
 
         from ..runtime import tune_malloc
@@ -141,6 +167,7 @@ class SamModel:
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
+        self.precision = encoder_precision(precision, self.device.type)
         tuned = None
         if checkpoint in (None, "", LITEMEDSAM):
             path, sha = litemedsam_checkpoint()
@@ -255,6 +282,9 @@ class SamModel:
         import torch
 
         with torch.inference_mode():
+            if self.precision == "bf16":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    return self.encoder(x.shape[-1])(x).float()
             return self.encoder(x.shape[-1])(x)
 
     # ------------------------------------------------------------------ prompting
@@ -285,10 +315,11 @@ class SamModel:
                 bb = boxes[i:i + batch]
                 prompts = np.stack([_grow(b, prompt_grow) for b in bb])
                 logits, iou = self._decode(emb, prompts * s, size)
-                logits = F.interpolate(logits[:, None, :nh, :nw], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+                logits = logits[:, :nh, :nw]
                 for j, box in enumerate(bb):
                     x0, y0, x1, y1 = int_hull(_grow(box, pad), W, H)
-                    m = (logits[j, y0:y1, x0:x1] > 0).cpu().numpy()
+                    # only the box's part of the field-size upsampling (was: every box upsampled to the whole field)
+                    m = (bilinear_crop(logits[j:j + 1], (H, W), (y0, y1, x0, x1))[0] > 0).cpu().numpy()
                     masks.append(m)
                     offs.append((x0, y0))
                 ious.append(iou.float().cpu().numpy())
@@ -343,6 +374,27 @@ class SamModel:
 
 
 # ---------------------------------------------------------------------- geometry helpers
+def bilinear_crop(img, out_size: tuple[int, int], window: tuple[int, int, int, int]):
+    """``F.interpolate(img[:, None], out_size, mode="bilinear", align_corners=False)[:, 0, y0:y1, x0:x1]``
+    for ``window = (y0, y1, x0, x1)``, computing only the window's pixels. ``img``: (n, h, w) tensor."""
+    import torch
+
+    h, w = img.shape[-2:]
+
+    def axis(n_in: int, n_out: int, a: int, b: int):
+        src = ((torch.arange(a, b, dtype=torch.float32, device=img.device) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=n_in - 1)
+        return i0, (i0 + 1).clamp(max=n_in - 1), (src - i0).to(img.dtype)
+
+    (y0, y1, x0, x1), (oh, ow) = window, out_size
+    yi0, yi1, ly = axis(h, oh, y0, y1)
+    xi0, xi1, lx = axis(w, ow, x0, x1)
+    top, bot = img[:, yi0], img[:, yi1]
+    top = top[:, :, xi0] * (1 - lx) + top[:, :, xi1] * lx
+    bot = bot[:, :, xi0] * (1 - lx) + bot[:, :, xi1] * lx
+    return top * (1 - ly)[:, None] + bot * ly[:, None]
+
+
 def clip_boxes(boxes, W: int, H: int) -> np.ndarray:
     b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
     b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, W)
@@ -492,12 +544,14 @@ class SamRefiner:
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
                  kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
                  policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 4,
-                 sha256: str | None = None):
+                 sha256: str | None = None, precision: str = "auto"):
         self.max_windows = int(max_windows)
         if checkpoint is None and model_type is None:  # our registered default (a fine-tuned decoder), if any
             d = default_refiner(window_size)
             checkpoint, sha256 = (d["path"], d["sha256"]) if d["path"] else (LITEMEDSAM, None)
-        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads, sha256=sha256)
+        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads, sha256=sha256,
+                              precision=precision)
+        self.precision = self.model.precision
         self.name = refiner_name(self.model.name, window_size)
         self.sha256 = self.model.sha256
         self.kinds = tuple(kinds)
