@@ -297,7 +297,6 @@ class SamModel:
         (a cell may reach past a box that is too small), clipped to the image.
         """
         import torch
-        import torch.nn.functional as F
 
         image = array_to_rgb8(image)
         H, W = image.shape[:2]
