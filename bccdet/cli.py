@@ -419,6 +419,14 @@ def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]
     return list(groups.items())
 
 
+def _precision(value: str) -> str:
+    from .runtime import PRECISIONS
+
+    if value not in PRECISIONS:
+        raise typer.BadParameter(f"{value!r}: choose {', '.join(PRECISIONS)}")
+    return value
+
+
 @app.command()
 @friendly
 def classify(
@@ -435,6 +443,9 @@ def classify(
                                help="Re-estimate each patient's class mix (EM) and relabel the cells with it (patients "
                                     "of 20+ cells). Helps most on cells from a lab unlike the training data; rare labels "
                                     "lose some sensitivity. See docs/models.md."),
+    precision: str = typer.Option("fp32", callback=lambda v: _precision(v),
+                                  help="fp32 (as measured in the model card), bf16 (1.4-1.7x faster where the CPU has "
+                                       "bfloat16; PBC test 0.9883 against 0.9891) or auto (bf16 where native)."),
 ):
     """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...), OUT/summary.json and
     OUT/report.html (flags, differential, a gallery per label with the cells to review first)."""
@@ -457,7 +468,7 @@ def classify(
         raise InputError(f"no image files in {', '.join(map(str, paths))}")
     from .adapters.classifier import adapt_rows, classify_paths, load_classifier, summary
 
-    clf = load_classifier(classifier, device)
+    clf = load_classifier(classifier, device, precision=precision)
     buf = io.StringIO()
     wr = csv.writer(buf)
     wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone", "patient",
@@ -495,7 +506,7 @@ def classify(
         for f in summ["flags"]:
             typer.echo(f"{who}flag {f['code']}: {f['message']}")
     bar.close()
-    model = {"name": clf.name, "sha256": clf.sha256}
+    model = {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision}
     if len(groups) == 1:
         doc = dict(next(iter(summaries.values())), model=model)
     else:

@@ -57,3 +57,40 @@ def check_device(device: str | None) -> str:
     if ":" in d and int(d.split(":")[1]) >= n:
         raise ValueError(f"{device}: only {n} CUDA GPU(s) visible (cuda:0..cuda:{n - 1})")
     return d.lower()
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether this machine runs bfloat16 matrix products natively: AVX512-BF16 or AMX on CPU, compute
+    capability 8.0 or later on CUDA."""
+    import torch
+
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``fp32`` or ``bf16``: ``auto`` is bf16 where it is native (:func:`native_bf16`), else fp32 (emulated
+    bf16 is slower than fp32). A one-line ``ValueError`` for anything else."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device_type: str = "cpu"):
+    """The torch autocast context for a resolved ``precision`` (a no-op context for fp32)."""
+    import contextlib
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type, dtype=torch.bfloat16)

@@ -1,6 +1,7 @@
 """Benchmark the leukocyte classifier: ms per crop at batch 1 and batch 32, in one run.
 
     .venv/bin/python bench/classifier.py [--checkpoint FILE] [--imgsz 160] [--n 64] [--threads N] [--device cpu]
+                                         [--precisions fp32,bf16]
 
 Without ``--checkpoint`` an untrained network of the same architecture is timed (the cost does not
 depend on the weights). Crops are cut with ``cell_crop`` from a synthetic 640x480 field, the size of a
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, auto (each timed in this run)")
     a = ap.parse_args()
 
     import numpy as np
@@ -46,32 +48,32 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()
         ck = C.save_checkpoint(C.load_backbone(len(C.LABELS), pretrained=False), Path(tmp.name) / "untrained.pt",
                                imgsz=a.imgsz or C.IMGSZ)
-    clf = C.CellClassifier(ck, device=a.device)
-
     rng = np.random.default_rng(0)
     field = rng.integers(150, 230, (480, 640, 3), dtype=np.uint8)
     boxes = [(x, y, x + s, y + s) for x, y, s in zip(rng.uniform(0, 560, a.n), rng.uniform(0, 400, a.n), rng.uniform(60, 200, a.n))]
-    t0 = time.perf_counter()
-    fill = C.border_color(field)
-    crops = [clf.crop(field, b, fill=fill) for b in boxes]
-    crop_ms = (time.perf_counter() - t0) / a.n * 1e3
-
-    clf.predict_crops(crops[:2], batch_size=2)  # warm-up
     rows = []
-    for bs in (1, 32):
-        runs = []
-        for _ in range(a.repeat):
-            t = time.perf_counter()
-            clf.predict_crops(crops, batch_size=bs)
-            runs.append((time.perf_counter() - t) / len(crops) * 1e3)
-        rows.append((bs, statistics.median(runs), min(runs)))
+    for prec in a.precisions.split(","):
+        clf = C.CellClassifier(ck, device=a.device, precision=prec)
+        t0 = time.perf_counter()
+        fill = C.border_color(field)
+        crops = [clf.crop(field, b, fill=fill) for b in boxes]
+        crop_ms = (time.perf_counter() - t0) / a.n * 1e3
+        clf.predict_crops(crops[:2], batch_size=2)  # warm-up
+        for bs in (1, 32):
+            runs = []
+            for _ in range(a.repeat):
+                t = time.perf_counter()
+                clf.predict_crops(crops, batch_size=bs)
+                runs.append((time.perf_counter() - t) / len(crops) * 1e3)
+            rows.append((clf.precision, bs, statistics.median(runs), min(runs)))
 
     print(f"machine: {machine()}")
     print(f"model: {Path(ck).name} ({C.ARCH}, {clf.imgsz}x{clf.imgsz}, margin {clf.margin}), device {a.device}, "
           f"{a.n} crops x {a.repeat} passes")
-    print(f"{'batch':>6}{'ms/crop (median)':>18}{'ms/crop (best)':>16}{'crops/s':>10}")
-    for bs, med, best in rows:
-        print(f"{bs:>6}{med:>18.2f}{best:>16.2f}{1000 / med:>10.1f}")
+    print(f"{'precision':>10}{'batch':>6}{'ms/crop (median)':>18}{'ms/crop (best)':>16}{'crops/s':>10}{'x first':>9}")
+    for prec, bs, med, best in rows:
+        first = next(r[2] for r in rows if r[1] == bs)
+        print(f"{prec:>10}{bs:>6}{med:>18.2f}{best:>16.2f}{1000 / med:>10.1f}{med / first:>9.2f}")
     print(f"cell_crop: {crop_ms:.2f} ms/crop")
     if tmp is not None:
         tmp.cleanup()

@@ -81,6 +81,10 @@ def test_train_evaluate_classify_cli(tmp_path, cli):
     assert r.returncode == 0 and len(list(csv.DictReader(open(tmp_path / "o3/patients.csv")))) == 2
     r = cli("classify", root, "--patients", "slide", "--out", tmp_path / "o4", "--classifier", ck)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --patients") and "Traceback" not in r.stderr
+    r = cli("classify", root, "--precision", "fp8", "--out", tmp_path / "o6", "--classifier", ck)
+    assert r.returncode == 2 and "fp8" in r.stderr and "Traceback" not in r.stderr
+    r = cli("classify", root, "--precision", "bf16", "--out", tmp_path / "o7", "--classifier", ck)
+    assert r.returncode == 0 and json.loads((tmp_path / "o7/summary.json").read_text())["model"]["precision"] == "bf16"
 
 
 def test_classify_empty_folder_is_a_clear_error(tmp_path, cli):

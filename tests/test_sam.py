@@ -94,7 +94,8 @@ def test_bf16_encoder_gives_the_fp32_masks(wbc):
     """`auto` encodes in bfloat16 where the CPU has it natively (about 2x faster on AVX512-BF16, bench/sam.py);
     the masks must stay as good as fp32's (bench/sam.py, 100 images: the same mean IoU with the true masks;
     here on 5, most masks agree to IoU > 0.99 and a hard cell may move either way)."""
-    from bccdet.adapters.sam import SamError, SamModel, encoder_precision, native_bf16
+    from bccdet.adapters.sam import SamError, SamModel, encoder_precision
+    from bccdet.runtime import native_bf16
 
     assert encoder_precision("auto") == ("bf16" if native_bf16() else "fp32")
     with pytest.raises(SamError, match="unknown precision"):

@@ -76,6 +76,14 @@ def test_shipped_classifier_types_real_pbc_cells(data_root):
     assert clf.familiarity is not None, "weights/<classifier>.familiarity.npz missing or made for other weights"
     _, fam = clf.predict_crops_familiarity(crops)
     assert (fam > clf.familiarity["threshold"]).sum() <= 1, fam
+    # `classify --precision bf16`: the same labels here (PBC test: 2 of 2298 differ), familiarity close
+    from bccdet.adapters.classifier import load_classifier
+
+    b16 = load_classifier(precision="bf16")
+    p16, fam16 = b16.predict_crops_familiarity(crops)
+    assert b16.precision == "bf16" and (p16.argmax(1) == probs.argmax(1)).all()
+    np.testing.assert_allclose(p16, probs, atol=0.05)
+    np.testing.assert_allclose(fam16, fam, rtol=0.1, atol=0.05)
 
 
 def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):

@@ -908,16 +908,18 @@ class CellClassifier:
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", name: str = "", sha256: str = "",
-                 threshold: float | None = None, platelets: bool = False, batch_size: int = 32):
+                 threshold: float | None = None, platelets: bool = False, batch_size: int = 32,
+                 precision: str = "fp32"):
         import torch
 
-        from ..runtime import tune_malloc
+        from ..runtime import resolve_precision, tune_malloc
 
         tune_malloc()
         self.path = Path(checkpoint)
         ck = load_checkpoint(self.path)
         self.ck = ck
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device.type)
         self.model = _build(ck).to(self.device, memory_format=torch.channels_last)
         self.labels = list(ck["labels"])
         self.columns = [LABELS.index(lab) for lab in self.labels]
@@ -946,9 +948,11 @@ class CellClassifier:
         """(logits, L2-normalised penultimate features or None) of RGB uint8 crops, in one pass."""
         import torch
 
+        from ..runtime import autocast
+
         bs = self._chunk(batch_size)
         outs, feats = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device.type):
             for i in range(0, len(crops), bs):
                 chunk = [np.asarray(c, np.uint8)[..., :3] for c in crops[i:i + bs]]
                 if any(c.shape[:2] != (self.imgsz, self.imgsz) for c in chunk):
@@ -1019,12 +1023,12 @@ class CellClassifier:
         return out
 
 
-def load_classifier(classifier: str | Path | None = None, device: str = "cpu") -> CellClassifier:
+def load_classifier(classifier: str | Path | None = None, device: str = "cpu", precision: str = "fp32") -> CellClassifier:
     """A registered classifier by name, a checkpoint file, or (None) the registry's default."""
     from ..weights import resolve
 
     w, name, sha = resolve(None if classifier is None else str(classifier), "classifier")
-    return CellClassifier(w, device=device, name=name, sha256=sha)
+    return CellClassifier(w, device=device, name=name, sha256=sha, precision=precision)
 
 
 def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClassifier | None = None,

@@ -124,30 +124,15 @@ def _build_litemedsam():
     return Sam(image_encoder=enc, prompt_encoder=pe, mask_decoder=dec)
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def native_bf16(device_type: str = "cpu") -> bool:
-    """Whether this machine runs bfloat16 matrix products natively (AVX512-BF16 or AMX on CPU; a CUDA
-    GPU of compute capability 8.0 or later)."""
-    import torch
-
-    if device_type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
 def encoder_precision(precision: str, device_type: str = "cpu") -> str:
-    """``fp32`` or ``bf16`` for the image encoder: ``auto`` is bf16 where it is native (:func:`native_bf16`),
-    else fp32 (emulated bf16 is slower than fp32). The prompt encoder and mask decoder stay fp32."""
-    if precision not in PRECISIONS:
-        raise SamError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if native_bf16(device_type) else "fp32"
-    return precision
+    """``fp32`` or ``bf16`` for the image encoder (:func:`bccdet.runtime.resolve_precision`: ``auto`` is bf16
+    where it is native). The prompt encoder and mask decoder stay fp32."""
+    from ..runtime import resolve_precision
+
+    try:
+        return resolve_precision(precision, device_type)
+    except ValueError as e:
+        raise SamError(str(e)) from None
 
 
 class SamModel:
@@ -281,11 +266,10 @@ class SamModel:
     def _encode(self, x):
         import torch
 
-        with torch.inference_mode():
-            if self.precision == "bf16":
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    return self.encoder(x.shape[-1])(x).float()
-            return self.encoder(x.shape[-1])(x)
+        from ..runtime import autocast
+
+        with torch.inference_mode(), autocast(self.precision, self.device.type):
+            return self.encoder(x.shape[-1])(x).float()
 
     # ------------------------------------------------------------------ prompting
     def segment_field(self, image: np.ndarray, boxes: np.ndarray, batch: int = 16, timings: dict | None = None,
