@@ -484,8 +484,9 @@ class Worker:
                 from .adapters.sam import LITEMEDSAM, SamRefiner
 
                 r = c["refiner"]
-                ref = (SamRefiner(_materialize(r), sha256=r["sha256"], device=c["device"]) if r.get("path")
-                       else SamRefiner(LITEMEDSAM, device=c["device"]))
+                prec = r.get("precision", "fp32")
+                ref = (SamRefiner(_materialize(r), sha256=r["sha256"], device=c["device"], precision=prec) if r.get("path")
+                       else SamRefiner(LITEMEDSAM, device=c["device"], precision=prec))
             self.pipe = Pipeline(detector=det, refiner=ref, classifier=clf)
         return self.pipe
 
@@ -916,6 +917,7 @@ class Batch:
         self.progress = progress
         self.images = images
         self.adapt = adapt
+        self.sam_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
         self.no_classifier = ""
@@ -953,13 +955,15 @@ class Batch:
             notes.append("WBC classification off (--no-classify): detect-only, labels are null")
         ref = None
         if self.refine:
-            from .adapters.sam import default_refiner
+            from .adapters.sam import default_refiner, encoder_precision
 
-            ref = default_refiner()
+            # one SAM precision for the whole batch, every worker and node alike: the resumed batch's, else
+            # this machine's choice (bf16 where native)
+            ref = dict(default_refiner(), precision=self.sam_precision or encoder_precision("auto", self.device.split(":")[0]))
         else:
             notes.append("SAM refinement off (--no-refine): masks are the detector's")
         models = {"detector": {"name": name, "sha256": sha},
-                  "refiner": None if ref is None else {"name": ref["name"], "sha256": ref["sha256"]},
+                  "refiner": None if ref is None else {"name": ref["name"], "sha256": ref["sha256"], "precision": ref["precision"]},
                   "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]}}
         cfg = {"detector": det, "classifier": clf, "refiner": ref, "device": self.device, "tile": 640, "overlap": 192,
                "detector_options": self.detector_options, "formats": list(self.formats), "adapt": bool(self.adapt)}
@@ -1296,6 +1300,10 @@ class Batch:
             self.images = was.get("images", "auto")
         if self.adapt is None:
             self.adapt = bool(was.get("adapt", False))
+        prev_ref = ((prev or {}).get("models") or {}).get("refiner")
+        if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
+            prev_ref.setdefault("precision", "fp32")
+            self.sam_precision = prev_ref["precision"]
         # --images / --adapt are recorded only when not the default: batches made before them resume unchanged
         newer = {**({"images": self.images} if self.images != "auto" else {}), **({"adapt": True} if self.adapt else {})}
         self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify,

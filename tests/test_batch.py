@@ -209,12 +209,19 @@ def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path)
     assert {"pct_neutrophil", "pct_blast", "apl_score", "n_flags"} <= set(pq.columns)
     html = (out / "summary.html").read_text()
     assert "data:image/png;base64," in html and "Flag counts" in html and "http" not in html
-    # resume: nothing done is redone (only the failed truncated field is retried), same exit status
+    from bccdet.adapters.sam import encoder_precision
+
+    assert man["models"]["refiner"]["precision"] == encoder_precision("auto")  # one SAM precision for the batch
+    # resume: nothing done is redone (only the failed truncated field is retried), same exit status; a batch
+    # made before the SAM precision was recorded (no key) resumes, on fp32 as it ran
+    del man["models"]["refiner"]["precision"]
+    (out / "manifest.json").write_text(json.dumps(man))
     before = {p: p.stat().st_mtime_ns for p in B.complete_field_dirs(out)}
     r = _invoke("--out", out, "--resume")
     assert r.exit_code == 1, r.output
     assert "1 unit(s) to run" in r.stderr
     assert {p: p.stat().st_mtime_ns for p in B.complete_field_dirs(out)} == before
+    assert json.loads((out / "manifest.json").read_text())["models"]["refiner"]["precision"] == "fp32"
     # the same OUT without --resume: refused
     r = _invoke(inp / "A", "--out", out, "--detector", tiny_detector)
     assert r.exit_code == 2 and "--resume" in r.stderr
