@@ -69,9 +69,10 @@ def native_bf16(device_type: str = "cpu") -> bool:
 
     if device_type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
+    try:  # the CPU has it, and oneDNN may use it (ONEDNN_MAX_CPU_ISA can forbid it)
+        return bool((torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
         return False
 
 
