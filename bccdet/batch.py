@@ -958,8 +958,8 @@ class Batch:
             from .adapters.sam import default_refiner, encoder_precision
 
             # one SAM precision for the whole batch, every worker and node alike: the resumed batch's, else
-            # this machine's choice (bf16 where native)
-            ref = dict(default_refiner(), precision=self.sam_precision or encoder_precision("auto", self.device.split(":")[0]))
+            # the driver's choice for --device (bf16 where native)
+            ref = dict(default_refiner(), precision=self.sam_precision or encoder_precision("auto", self.device))
         else:
             notes.append("SAM refinement off (--no-refine): masks are the detector's")
         models = {"detector": {"name": name, "sha256": sha},

@@ -62,13 +62,19 @@ def check_device(device: str | None) -> str:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def native_bf16(device_type: str = "cpu") -> bool:
-    """Whether this machine runs bfloat16 matrix products natively: AVX512-BF16 or AMX on CPU, compute
-    capability 8.0 or later on CUDA."""
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether ``device`` (``cpu``, ``cuda``, ``cuda:N``) runs bfloat16 matrix products natively: AVX512-BF16
+    or AMX on CPU, compute capability 8.0 or later for that GPU (older GPUs only emulate bf16)."""
     import torch
 
-    if device_type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    d = torch.device(device)
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
+        idx = d.index if d.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_capability(idx)[0] >= 8
+    if d.type != "cpu":
+        return False
     try:  # the CPU has it, and oneDNN may use it (ONEDNN_MAX_CPU_ISA can forbid it)
         return bool((torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -76,13 +82,13 @@ def native_bf16(device_type: str = "cpu") -> bool:
         return False
 
 
-def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+def resolve_precision(precision: str, device: str = "cpu") -> str:
     """``fp32`` or ``bf16``: ``auto`` is bf16 where it is native (:func:`native_bf16`), else fp32 (emulated
     bf16 is slower than fp32). A one-line ``ValueError`` for anything else."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if native_bf16(device_type) else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     return precision
 
 

@@ -52,7 +52,7 @@ def detector_vs_refined(model, items, idx, det):
     from bccdet.adapters.sam import SamRefiner
     from sam import refine_detected  # bench/sam.py
 
-    ref = SamRefiner("litemedsam", kinds=("wbc",))
+    ref = SamRefiner("litemedsam", kinds=("wbc",), precision="fp32")
     ref.model = model
     return refine_detected(items, idx, det, ref)
 
@@ -100,7 +100,7 @@ def main():
     items = T.wbc_seg_items(root, a.limit)
     rng = np.random.default_rng(0)  # bench/sam.py's jitter: same seed, same order
     jboxes = [T.jitter_box(it[3], rng) for it in items]
-    model = SamModel()
+    model = SamModel(precision="fp32")  # the recorded CV figures are fp32
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.weights import resolve
 

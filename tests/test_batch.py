@@ -222,6 +222,10 @@ def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path)
     assert "1 unit(s) to run" in r.stderr
     assert {p: p.stat().st_mtime_ns for p in B.complete_field_dirs(out)} == before
     assert json.loads((out / "manifest.json").read_text())["models"]["refiner"]["precision"] == "fp32"
+    shutil.rmtree(out / "A" / a[0].stem)  # a field redone on resume runs SAM as the batch did
+    r = _invoke("--out", out, "--resume")
+    assert r.exit_code == 1, r.output
+    assert json.loads((out / "A" / a[0].stem / "report.json").read_text())["models"]["refiner"]["precision"] == "fp32"
     # the same OUT without --resume: refused
     r = _invoke(inp / "A", "--out", out, "--detector", tiny_detector)
     assert r.exit_code == 2 and "--resume" in r.stderr

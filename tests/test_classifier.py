@@ -171,14 +171,14 @@ def test_train_bf16_runs_forward_passes_in_bfloat16(trained, tmp_path, monkeypat
 
     def hooked(*a, **k):
         m = load(*a, **k)
-        m.conv_stem.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype) if mod.training else None)
+        m.conv_stem.register_forward_hook(lambda mod, inp, out: dtypes.update({out.dtype, mod.weight.dtype}) if mod.training else None)
         return m
 
     monkeypatch.setattr(C, "load_backbone", hooked)
     ck = C.train(trained["data"], tmp_path / "run", epochs=1, imgsz=32, batch=8, lr=1e-3, seed=0, freeze_epochs=0,
                  precision="bf16", log=lambda s: None)
     d = torch.load(ck, map_location="cpu", weights_only=True)
-    assert dtypes == {torch.bfloat16} and d["recipe"]["precision"] == "bf16"
+    assert dtypes == {torch.bfloat16, torch.float32} and d["recipe"]["precision"] == "bf16"  # bf16 out, fp32 weights
     assert all(v.dtype == torch.float16 for v in d["state_dict"].values() if v.is_floating_point())
     with pytest.raises(ValueError, match="unknown precision"):
         C.train(trained["data"], tmp_path / "run2", epochs=1, imgsz=32, precision="fp8", log=lambda s: None)

@@ -76,12 +76,21 @@ def test_shipped_classifier_types_real_pbc_cells(data_root):
     assert clf.familiarity is not None, "weights/<classifier>.familiarity.npz missing or made for other weights"
     _, fam = clf.predict_crops_familiarity(crops)
     assert (fam > clf.familiarity["threshold"]).sum() <= 1, fam
-    # `classify --precision bf16`: the same labels here (PBC test: 2 of 2298 differ), familiarity close
+
+
+def test_shipped_classifier_in_bf16_types_as_in_fp32(data_root):
+    """`classify --precision bf16`: the same labels on these cells (PBC test: 2 of 2298 differ), familiarity close."""
+    pbc = _needs("classifier", data_root, "pbc")
     from bccdet.adapters.classifier import load_classifier
+    from bccdet.io import read_image
     from bccdet.runtime import native_bf16
+    from bccdet.vocab import PBC_FOLDERS
 
     if not native_bf16():
-        return  # emulated bf16 is slow, and auto never picks it on such a CPU
+        pytest.skip("no native bf16 on this CPU: emulated bf16 is slow, and auto never picks it here")
+    clf = _shipped_classifier()
+    crops = [clf.crop_single(read_image(f)) for folder in PBC_FOLDERS for f in sorted((pbc / folder).iterdir())[-2:]]
+    probs, fam = clf.predict_crops_familiarity(crops)
     b16 = load_classifier(precision="bf16")
     p16, fam16 = b16.predict_crops_familiarity(crops)
     assert b16.precision == "bf16" and (p16.argmax(1) == probs.argmax(1)).all()

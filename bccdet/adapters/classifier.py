@@ -632,7 +632,7 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
     rec.update(imgsz=int(imgsz), margin=float(margin), epochs=int(epochs), freeze_epochs=int(freeze_epochs),
                batch=int(batch), lr=float(lr), seed=int(seed), max_per_class=max_per_class,
                pretrained=bool(pretrained), data=data_dirs, samples_per_epoch=samples_per_epoch,
-               mean=list(MEAN), std=list(STD), precision=resolve_precision(precision, torch.device(device).type))
+               mean=list(MEAN), std=list(STD), precision=resolve_precision(precision, str(device)))
     init_ck = None
     if init:
         init_ck = load_checkpoint(init)
@@ -643,6 +643,8 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
     identity["data"] = [str(Path(d).resolve()) for d in data_dirs]
     if init_ck is not None:
         identity["init"] = rec["init"]["sha256"]
+    if rec["precision"] != "fp32":  # (fp32 runs keep the identity they had before this option)
+        identity["precision"] = rec["precision"]
 
     tr_items = _collect(data_dirs, "train", max_per_class, seed)
     va_items = _collect(data_dirs, "val", max_per_class, seed + 1)
@@ -927,7 +929,7 @@ class CellClassifier:
         ck = load_checkpoint(self.path)
         self.ck = ck
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device.type)
+        self.precision = resolve_precision(precision, str(self.device))
         self.model = _build(ck).to(self.device, memory_format=torch.channels_last)
         self.labels = list(ck["labels"])
         self.columns = [LABELS.index(lab) for lab in self.labels]

@@ -478,7 +478,7 @@ def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det
             sample[field_name] = fo.Classification(label=labels[0], confidence=float(score[0]),
                                                    logits=np.log(np.maximum(p[0], 1e-8)).tolist())
             sample[field_name]["review"] = bool(review[0])
-            sample[field_name]["unfamiliar"] = None if unfamiliar is None else bool(unfamiliar[0])
+            sample[field_name]["unfamiliar"] = False if unfamiliar is None else bool(unfamiliar[0])  # as Cells
             n += 1
         else:
             dets = sample[det_field]

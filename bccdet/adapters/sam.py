@@ -124,13 +124,13 @@ def _build_litemedsam():
     return Sam(image_encoder=enc, prompt_encoder=pe, mask_decoder=dec)
 
 
-def encoder_precision(precision: str, device_type: str = "cpu") -> str:
+def encoder_precision(precision: str, device: str = "cpu") -> str:
     """``fp32`` or ``bf16`` for the image encoder (:func:`bccdet.runtime.resolve_precision`: ``auto`` is bf16
     where it is native). The prompt encoder and mask decoder stay fp32."""
     from ..runtime import resolve_precision
 
     try:
-        return resolve_precision(precision, device_type)
+        return resolve_precision(precision, device)
     except ValueError as e:
         raise SamError(str(e)) from None
 
@@ -152,7 +152,7 @@ class SamModel:
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
-        self.precision = encoder_precision(precision, self.device.type)
+        self.precision = encoder_precision(precision, str(self.device))
         tuned = None
         if checkpoint in (None, "", LITEMEDSAM):
             path, sha = litemedsam_checkpoint()

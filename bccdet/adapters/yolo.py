@@ -109,30 +109,35 @@ def train(data: Path, model: str = "yolov8n-seg.yaml", init: str | None = "tau-f
     setup_offline()
     from ultralytics import YOLO
 
-    n = int(threads) if threads else torch_threads()
+    before = torch_threads()
+    n = int(threads) if threads else before
     project = Path(project).resolve()
-    if resume:
-        last = project / name / "weights" / "last.pt"
-        if not last.exists():
-            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-        m = YOLO(str(last))
-        _keep_threads(m, n)
-        m.train(resume=True)
-    else:
-        m = build_model(model, init)
-        _keep_threads(m, n)
-        args = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name,
-                    device=device, workers=workers, fraction=fraction, exist_ok=True, plots=False, save_period=-1,
-                    amp=False, val=True, verbose=False)
-        args.update(extra)  # --arg KEY=VALUE overrides these defaults (e.g. val=False, plots=True)
-        m.train(**args)
+    try:
+        if resume:
+            last = project / name / "weights" / "last.pt"
+            if not last.exists():
+                raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+            m = YOLO(str(last))
+            _keep_threads(m, n)
+            m.train(resume=True)
+        else:
+            m = build_model(model, init)
+            _keep_threads(m, n)
+            args = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name,
+                        device=device, workers=workers, fraction=fraction, exist_ok=True, plots=False, save_period=-1,
+                        amp=False, val=True, verbose=False)
+            args.update(extra)  # --arg KEY=VALUE overrides these defaults (e.g. val=False, plots=True)
+            m.train(**args)
+    finally:
+        restore_threads(before)
     best = project / name / "weights" / "best.pt"
     return best if best.exists() else project / name / "weights" / "last.pt"
 
 
 def _keep_threads(model, n: int) -> None:
-    """Hold torch at ``n`` CPU threads through training: the trainer's ``select_device`` sets its own count."""
-    for event in ("on_pretrain_routine_end", "on_train_epoch_start"):
+    """Hold torch at ``n`` CPU threads through training: the trainer's ``select_device`` sets its own count, and
+    so does the final validation of best.pt (its validator shares the trainer's callbacks)."""
+    for event in ("on_pretrain_routine_end", "on_train_epoch_start", "on_val_start"):
         model.add_callback(event, lambda trainer: restore_threads(n))
 
 
@@ -168,7 +173,6 @@ class YoloDetector:
         from ..runtime import tune_malloc
 
         tune_malloc()
-        self.threads = torch_threads()
         self.model = YOLO(str(weights))
         self.name = name or Path(weights).stem
         self.sha256 = sha256
@@ -180,8 +184,11 @@ class YoloDetector:
             raise ValueError(f"{weights}: model classes {list(names.values())} are not {list(KINDS)}")
 
     def _predict(self, image: np.ndarray, meta: SmearMeta) -> Cells:
-        r = self.model.predict(np.ascontiguousarray(image[..., ::-1]), **self.kw)[0]  # ultralytics wants BGR
-        restore_threads(self.threads)
+        n = torch_threads()  # the caller's count, as it is now
+        try:
+            r = self.model.predict(np.ascontiguousarray(image[..., ::-1]), **self.kw)[0]  # ultralytics wants BGR
+        finally:
+            restore_threads(n)
         return results_to_cells(r, meta, names=self.model.names)
 
     def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
@@ -235,10 +242,12 @@ def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int = 
 
     threads = torch_threads()
     m = YOLO(str(weights))
-    with tempfile.TemporaryDirectory() as tmp:
-        r = m.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
-                  max_det=max_det, plots=False, verbose=False, project=tmp, name="val", save_json=False)
-    restore_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = m.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
+                      max_det=max_det, plots=False, verbose=False, project=tmp, name="val", save_json=False)
+    finally:
+        restore_threads(threads)
     names = r.names if hasattr(r, "names") else m.names
     out = {"weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "iou": iou, "conf": conf,
            "speed_ms": {k: round(float(v), 2) for k, v in (r.speed or {}).items()}}

@@ -329,7 +329,7 @@ def write_yolo_detection(
     if task == "segment" and masks == "sam" and any(not s.cells.has_masks and len(s.cells) for s in samples):
         from ..adapters.sam import SamModel
 
-        sam = SamModel()
+        sam = SamModel(precision="fp32")  # training labels must not depend on the machine's bf16
     with atomic_dir(out) as tmp:
         for s in _progress(samples, "masks from boxes (SAM)" if sam is not None else None):
             cells = s.cells
