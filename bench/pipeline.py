@@ -69,6 +69,7 @@ def run_one(config: str, n: int, detector: str | None, device: str) -> dict:
         "wall_ms_per_field": wall / len(fields) * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": _threads(),
+        "sam_precision": getattr(pipe.refiner, "precision", None),
     }
 
 
@@ -102,7 +103,8 @@ def main() -> None:
             continue
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     print(f"machine: {machine()}")
-    print(f"fields: BCCD test, {a.n} x 640x480, device {a.device}")
+    prec = sorted({r["sam_precision"] for r in results if r.get("sam_precision")})
+    print(f"fields: BCCD test, {a.n} x 640x480, device {a.device}; SAM encoder {', '.join(prec) or '-'}")
     base = next((r["wall_ms_per_field"] for r in results if r["config"] == "detect"), None)
     head = f"{'config':<17}{'detect':>9}{'refine':>9}{'classify':>10}{'total':>9}{'wall/field':>12}{'peak RSS':>10}{'x detect':>10}"
     print(head)
