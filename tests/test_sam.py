@@ -142,7 +142,40 @@ def test_refiner_improves_a_rough_mask_and_refuses_an_implausible_one(wbc):
     assert out.mask_source[0] == "sam"
     assert _iou(out.full_mask(0), gt) > _iou(rough.full_mask(0), gt)
     assert out.mask_source[1] == "yolo" and np.array_equal(out.masks[1], sliver)  # detector mask kept
-    assert ref.stats == {"refined": 1, "kept_detector": 1}
+    assert ref.stats == {"refined": 1, "kept_detector": 1, "mode": "windows"}
+
+
+def test_refiner_keeps_windows_on_images_larger_than_a_field(bccd):
+    """A 2 x 2 mosaic of BCCD fields (1280 x 960) with the published WBC and platelet boxes: the cells are
+    prompted in windows, not in one 256 px pass over the whole image (there: 4 of 7 masks accepted on
+    the shipped detector's boxes, against 7 of 7); a crowded single field may still take the field pass."""
+    from xml.etree import ElementTree as ET
+
+    from bccdet.adapters.sam import SamRefiner
+    from bccdet.io import read_image
+
+    stems = (bccd / "ImageSets/Main/test.txt").read_text().split()[:4]
+    tiles, boxes, kinds = [], [], []
+    for k, st in enumerate(stems):
+        tiles.append(read_image(bccd / "JPEGImages" / f"{st}.jpg")[:480, :640])
+        dx, dy = 640 * (k % 2), 480 * (k // 2)
+        for o in ET.parse(bccd / "Annotations" / f"{st}.xml").getroot().iter("object"):
+            kind = {"WBC": "wbc", "Platelets": "platelet"}.get(o.findtext("name"))
+            b = [float(o.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
+            if kind and b[2] > b[0] + 4 and b[3] > b[1] + 4:
+                boxes.append([b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy])
+                kinds.append(kind)
+    img = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+    cells = Cells(xyxy=np.array(boxes, np.float32), kind=kinds, meta=SmearMeta(width=1280, height=960))
+    ref = SamRefiner(threads=2, max_windows=2)  # more cells than max_windows: only the image size decides
+    assert len(cells) > ref.max_windows
+    out = ref(img, cells)
+    assert ref.stats["mode"] == "windows" and ref.stats["refined"] >= len(cells) - 1, ref.stats
+    assert (out.mask_source == "sam").sum() == ref.stats["refined"]
+    ref.max_windows = 0  # a field-sized image with more cells than that: the one field pass
+    first = np.flatnonzero((cells.xyxy[:, 2] <= 640) & (cells.xyxy[:, 3] <= 480))
+    ref(np.ascontiguousarray(img[:480, :640]), cells[first])
+    assert len(first) and ref.stats["mode"] == "field"
 
 
 def test_refiner_leaves_other_kinds_and_handles_bad_input(wbc):

@@ -520,15 +520,19 @@ def refiner_name(model_name: str, window_size: int) -> str:
 class SamRefiner:
     """Refiner stage: improves the masks of the cells of ``kinds`` (default WBCs and platelets) with SAM.
 
-    Up to ``max_windows`` cells are prompted in windows (:meth:`SamModel.segment_windows`); more than
-    that, the whole field is encoded once (a 256 px field pass costs about five 128 px windows).
+    Cells are prompted in windows (:meth:`SamModel.segment_windows`). Only a field-sized image (longest
+    side at most ``field_max_side``) with more than ``max_windows`` such cells is encoded once as a whole
+    (:meth:`SamModel.segment_field`, the image shrunk to 256 px), as the cheaper pass for crowded fields.
+    Measured (2-core CPU, bf16 encoder): on the 17 BCCD fields with more than 4 WBCs and platelets,
+    windows had 100 of 100 masks accepted at 436 ms per field, the field pass 78 at 477 ms; on a 2560 x
+    1920 mosaic of 16 fields (39 cells) the field pass had 18 accepted, windows 39.
     """
 
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
                  kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
-                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 4,
-                 sha256: str | None = None, precision: str = "auto"):
-        self.max_windows = int(max_windows)
+                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 16,
+                 sha256: str | None = None, precision: str = "auto", field_max_side: int = 1024):
+        self.max_windows, self.field_max_side = int(max_windows), int(field_max_side)
         if checkpoint is None and model_type is None:  # our registered default (a fine-tuned decoder), if any
             d = default_refiner(window_size)
             checkpoint, sha256 = (d["path"], d["sha256"]) if d["path"] else (LITEMEDSAM, None)
@@ -550,10 +554,12 @@ class SamRefiner:
         if not len(idx):
             return cells
         H, W = np.asarray(image).shape[:2]
-        if len(idx) <= self.max_windows:
+        if len(idx) <= self.max_windows or max(H, W) > self.field_max_side:
+            self.stats["mode"] = "windows"
             masks, offs, ious = self.model.segment_windows(image, cells.xyxy[idx], self.window_size, self.context,
                                                            timings=self.timings)
-        else:  # many cells: one encoder pass over the whole field is cheaper than a window each
+        else:  # a crowded field: one encoder pass over the whole field is cheaper than a window each
+            self.stats["mode"] = "field"
             masks, offs, ious = self.model.segment_field(image, cells.xyxy[idx], timings=self.timings)
         out = cells[np.arange(len(cells))]
         new_masks, new_offs, new_src = list(out.masks), out.mask_offset.copy(), out.mask_source.copy()
