@@ -545,9 +545,6 @@ def train_classifier(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     device: str = device_option(),
     init: Optional[str] = typer.Option(None, help="Start from this classifier (registered name or .pt) instead of ImageNet."),
-    precision: str = typer.Option("fp32", callback=lambda v: _precision(v),
-                                  help="fp32, bf16 (forward passes under bfloat16 autocast; ~1.5x faster steps where "
-                                       "the CPU has bf16) or auto (bf16 where native)."),
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
     for d in data:
@@ -562,7 +559,7 @@ def train_classifier(
         init_path, _, _ = resolve(init, "classifier")
     best = train([str(d) for d in data], out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr, seed=seed,
                  freeze_epochs=freeze_epochs, samples_per_epoch=samples_per_epoch, threads=threads, device=device,
-                 init=init_path, precision=precision, log=typer.echo)
+                 init=init_path, log=typer.echo)
     typer.echo(f"classifier: {best}")
 
 
