@@ -172,8 +172,10 @@ def analyze(
             failed += 1
             continue
         c = rep["summary"]["counts"]
+        sc = rep["image"].get("detector_scale")
         typer.echo(f"{p}: {c['rbc']} RBC, {c['wbc']} WBC, {c['platelet']} platelets "
-                   f"({pipe.timings['total']:.0f} ms) -> {out / stem}/report.html")
+                   + (f"(large cells: detected at {sc:.2f}x) " if sc else "")
+                   + f"({pipe.timings['total']:.0f} ms) -> {out / stem}/report.html")
     if failed:
         raise typer.Exit(1)
 

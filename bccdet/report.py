@@ -117,7 +117,8 @@ def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict
             "unfamiliar": bool(cells.unfamiliar[i]) if cells.label[i] is not None else None,
         })
     rep = {
-        "image": {"path": m.path, "width": m.width, "height": m.height},
+        "image": {"path": m.path, "width": m.width, "height": m.height,
+                  **({"detector_scale": round(float(m.scale), 4)} if m.scale != 1.0 else {})},
         "models": models,
         "cells": out_cells,
         "summary": summarize(cells),

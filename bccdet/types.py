@@ -36,6 +36,7 @@ class SmearMeta:
     width: int = 0
     height: int = 0
     mpp: float | None = None  # microns per pixel, when known
+    scale: float = 1.0  # the detector saw the image resized by this factor (cells much larger than it learnt)
     models: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -193,6 +194,27 @@ class Cells:
             unfamiliar=np.concatenate([p.unfamiliar for p in parts]),
             meta=meta or parts[0].meta,
         )
+
+    def rescaled(self, factor: float, meta: SmearMeta) -> "Cells":
+        """These cells, found in an image resized by ``factor``, in pixels of the original image (``meta``):
+        boxes divided by ``factor``, each mask crop resized to its box there."""
+        import cv2
+
+        out = self[np.arange(len(self))]
+        out.meta = meta
+        out.xyxy = (self.xyxy / float(factor)).astype(np.float32)
+        for i, m in enumerate(self.masks):
+            if m is None:
+                continue
+            x0, y0 = self.mask_offset[i]
+            h, w = m.shape
+            X0, Y0 = int(np.floor(x0 / factor)), int(np.floor(y0 / factor))
+            X1, Y1 = int(np.ceil((x0 + w) / factor)), int(np.ceil((y0 + h) / factor))
+            out.masks[i] = cv2.resize(m.astype(np.uint8), (max(1, X1 - X0), max(1, Y1 - Y0)),
+                                      interpolation=cv2.INTER_LINEAR if factor < 1 else cv2.INTER_AREA) > 0 \
+                if m.any() else np.zeros((max(1, Y1 - Y0), max(1, X1 - X0)), bool)
+            out.mask_offset[i] = (X0, Y0)
+        return out
 
     def with_meta(self, **kwargs: Any) -> "Cells":
         out = self[np.arange(len(self))]

@@ -287,7 +287,7 @@ def _blob_detector():
 
     class Blob(YoloDetector):
         def __init__(self):
-            self.tile, self.overlap, self.name, self.sha256 = 640, 192, "blob", ""
+            self.tile, self.overlap, self.name, self.sha256, self.scale = 640, 192, "blob", "", 1.0
 
         def _predict(self, image, meta):
             g = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)

@@ -37,6 +37,42 @@ def test_shipped_detector_finds_the_wbc_in_bccd_test_fields(bccd):
     assert hits == len(stems), f"WBC found in {hits}/{len(stems)} fields"
 
 
+def test_shipped_detector_finds_large_cells_of_a_high_resolution_field(bccd):
+    """A BCCD field as a high-resolution camera would give it (4x: 2560 x 1920, red cells ~400 px): the
+    detector measures the cells, works on the image resized to its training scale and maps the cells back
+    (measured on 24 BCCD test fields at 4x: RBC recall 0.84, WBC 1.00, platelets 0.89 this way; 0.07, 0.85,
+    0.14 tiling at full resolution). A mosaic of fields at the training scale is left at full resolution."""
+    import cv2
+
+    from bccdet.adapters.yolo import YoloDetector
+    from bccdet.io import read_image
+    from bccdet.types import SmearMeta, box_iou
+
+    w, name, sha = resolve(None, "detector")
+    auto, native = YoloDetector(w, name=name, sha256=sha), YoloDetector(w, name=name, sha256=sha, scale=1.0)
+    st = (bccd / "ImageSets/Main/test.txt").read_text().split()[0]
+    img = read_image(bccd / "JPEGImages" / f"{st}.jpg")
+    ref = auto(img, SmearMeta(width=img.shape[1], height=img.shape[0]))
+    big = cv2.resize(img, None, fx=4, fy=4, interpolation=cv2.INTER_LINEAR)
+    meta = SmearMeta(path=st, width=big.shape[1], height=big.shape[0])
+    got, flat = auto(big, meta), native(big, meta)
+    assert 0.15 < got.meta.scale < 0.35 and flat.meta.scale == 1.0  # red cells back to ~100 px
+
+
+    def found(c):  # share of the 1x field's red cells (boxes x 4) found again with IoU > 0.5
+        r = ref.xyxy[ref.kind == "rbc"] * 4
+        d = c.xyxy[c.kind == "rbc"]
+        return float((box_iou(r, d).max(1) > 0.5).mean()) if len(d) else 0.0
+
+    assert found(got) >= 0.8 and found(flat) < 0.5, (found(got), found(flat))
+    wbc = got[got.kind == "wbc"]
+    assert len(wbc) and box_iou(wbc.xyxy, ref[ref.kind == "wbc"].xyxy * 4).max() > 0.8
+    i = int(np.flatnonzero(got.kind == "wbc")[0])
+    assert got.full_mask(i, big.shape[:2]).sum() > 0.5 * (got.xyxy[i, 2] - got.xyxy[i, 0]) * (got.xyxy[i, 3] - got.xyxy[i, 1])
+    mosaic = np.concatenate([np.concatenate([img, img[:, ::-1]], 1), np.concatenate([img[::-1], img[::-1, ::-1]], 1)], 0)
+    assert auto.auto_scale(mosaic) == 1.0
+
+
 def _needs(task: str, data_root, folder: str):
     """The data folder a shipped-model test reads; fails without a registered default, skips without data."""
     if default_name(task) is None:

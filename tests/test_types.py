@@ -165,3 +165,28 @@ def test_unfamiliar_column_follows_indexing_concat_and_detections():
     assert list(Cells.concat([c, c[[1]]]).unfamiliar) == [False, True, False, True]
     assert list(Cells.from_detections(c.to_detections()).unfamiliar) == [False, True, False]
     assert list(Cells(xyxy=[[0, 0, 1, 1]], kind=["rbc"]).unfamiliar) == [False]  # default: not flagged
+
+
+def test_rescaled_maps_cells_back_to_the_full_image():
+    """Cells found in an image shrunk by 0.25 land on the same discs of the full image."""
+    import cv2
+
+    full = np.zeros((800, 1200), np.uint8)
+    cv2.circle(full, (300, 400), 120, 1, -1)
+    cv2.ellipse(full, (900, 300), (160, 90), 0, 0, 360, 1, -1)
+    small = cv2.resize(full, (300, 200), interpolation=cv2.INTER_AREA) > 0
+    n, lab, st, _ = cv2.connectedComponentsWithStats(small.astype(np.uint8))
+    boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in st[1:]]
+    masks = [(lab == k + 1)[y:y + h, x:x + w] for k, (x, y, w, h, _) in enumerate(st[1:])]
+    cells = Cells(xyxy=np.array(boxes, np.float32), kind=["wbc", "rbc"], masks=masks, label=["lymphocyte", None],
+                  meta=SmearMeta(width=300, height=200))
+    meta = SmearMeta(path="x", width=1200, height=800, scale=0.25)
+    out = cells.rescaled(0.25, meta)
+    assert out.meta is meta and list(out.label) == ["lymphocyte", None] and list(out.kind) == ["wbc", "rbc"]
+    np.testing.assert_allclose(out.xyxy, cells.xyxy * 4)
+    for i in range(2):
+        m = out.full_mask(i)
+        n2, lab2 = cv2.connectedComponents(full)
+        truth = lab2 == lab2[int(out.xyxy[i, 1] + out.xyxy[i, 3]) // 2, int(out.xyxy[i, 0] + out.xyxy[i, 2]) // 2]
+        assert (m & truth).sum() / (m | truth).sum() > 0.95
+    assert cells.xyxy[0, 2] < 300 and cells.masks[0].shape[0] < 100  # the original cells are left as they were
