@@ -41,6 +41,23 @@ def _device_option(value: str) -> str:
         raise typer.BadParameter(str(e)) from None
 
 
+def scale_option(value: Optional[str]):
+    """``--scale``: auto, or a factor in (0, 1]; a usage error otherwise."""
+    if value is None or value == "auto":
+        return value
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not 0 < f <= 1:
+        raise typer.BadParameter(f"{value!r}: expected auto or a factor in (0, 1] (1: never resize)")
+    return f
+
+
+SCALE_HELP = ("Detector scale: auto (an image over 960 px whose red cells measure over 200 px, a high-resolution "
+              "camera's field, is analysed resized to the trained cell size), or a fixed factor in (0, 1] (1: never resize).")
+
+
 def device_option(help: str = "cpu, cuda or cuda:N.") -> str:
     """The ``--device`` option of every command: checked when parsed (exit 2 with one reason)."""
     return typer.Option("cpu", "--device", help=help, callback=_device_option)
@@ -102,6 +119,7 @@ def analyze(
     fmt: List[str] = typer.Option([], "--format", help="Extra exports: coco, geojson (repeatable)."),
     classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
     sam: Optional[str] = typer.Option(None, help="SAM model: a registered name (default: the registry's sam default, else LiteMedSAM), 'litemedsam' for LiteMedSAM as shipped, or a checkpoint file (our decoder fine-tune .pt, Meta's vit_b/l/h .pth)."),
+    scale: str = typer.Option("auto", "--scale", callback=lambda v: scale_option(v), help=SCALE_HELP),
 ):
     """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
     from .io import atomic_dir, check_out_dir, read_image
@@ -125,7 +143,7 @@ def analyze(
     from .pipeline import Pipeline
     from .report import write_outputs
 
-    pipe = Pipeline(detector=YoloDetector(weights, name=name, sha256=sha, device=device))
+    pipe = Pipeline(detector=YoloDetector(weights, name=name, sha256=sha, device=device, scale=scale))
     if refine:
         from .adapters.sam import SamRefiner
 

@@ -14,7 +14,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the ``batch`` command to ``app`` (idempotent)."""
-    from .cli import _err, device_option, friendly
+    from .cli import SCALE_HELP, _err, device_option, friendly, scale_option
 
     if any(getattr(c, "name", None) == "batch" for c in app.registered_commands):
         return
@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
                  "(docs/models.md). --resume: the batch's own."),
         imgsz: Optional[int] = typer.Option(None, "--imgsz", hidden=True, help="Detector inference size (advanced)."),
         conf: Optional[float] = typer.Option(None, "--conf", hidden=True, help="Detector confidence threshold (advanced)."),
+        scale: Optional[str] = typer.Option(None, "--scale", callback=lambda v: scale_option(v),
+                                            help=SCALE_HELP + " Default auto; --resume: the batch's own."),
     ):
         """Analyse many slides: one folder per slide (fields, or a CellaVision export of single cells), loose images
         and whole-slide scans; write OUT/manifest.json, OUT/<slide>/slide.json, slides.csv, slides.parquet and
@@ -76,11 +78,13 @@ def register(app: typer.Typer) -> None:
         from .io import check_out_dir
 
         check_out_dir(out)
-        det_opts = None if imgsz is None and conf is None else {}
+        det_opts = None if imgsz is None and conf is None and scale in (None, "auto") else {}
         if imgsz is not None:
             det_opts["imgsz"] = imgsz
         if conf is not None:
             det_opts["conf"] = conf
+        if scale not in (None, "auto"):  # recorded only when not the default: older batches resume unchanged
+            det_opts["scale"] = scale
         res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
                         device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
                         detector_options=det_opts, progress=progress, images=images, adapt=adapt, log=lambda m: typer.echo(m, err=True))

@@ -93,6 +93,9 @@ def test_usage_errors_exit_2(tmp_path, cli):
     assert r.returncode == 2 and "format" in r.stderr
     r = cli("analyze", "x.jpg", "--detector", "no-such-model")
     assert r.returncode == 2 and "unknown detector model" in r.stderr and "Traceback" not in r.stderr
+    for bad in ("2", "0", "big"):
+        r = cli("analyze", "x.jpg", "--scale", bad)
+        assert r.returncode == 2 and "factor in (0, 1]" in r.stderr and "Traceback" not in r.stderr, bad
 
 
 def test_report_files_and_contract(tiny_detector, smear, tmp_path, cli):

@@ -505,3 +505,22 @@ def test_resume_after_an_image_is_deleted_drops_its_report(bccd, tiny_detector, 
     assert [f["name"] for f in slide["fields"]] == [a[0].stem]
     assert not (out / "A" / a[1].stem).exists() and (out / "A" / a[0].stem / "report.json").is_file()
     assert (out / "A" / "notes").is_dir()
+
+
+@pytest.mark.slow
+def test_batch_scale_option_reaches_the_detector_and_the_manifest(bccd, tiny_detector, tmp_path):
+    """`batch --scale F` is recorded in the manifest's detector options (only when not auto) and the
+    detector of every worker uses it: a 1920 x 1440 field analysed at 0.25x says so in its report."""
+    src = sorted((bccd / "JPEGImages").glob("*.jpg"))[0]
+    (tmp_path / "in" / "S").mkdir(parents=True)
+    Image.open(src).convert("RGB").resize((1920, 1440)).save(tmp_path / "in" / "S" / "big.jpg", quality=92)
+    out = tmp_path / "out"
+    r = _invoke(tmp_path / "in" / "S", "--out", out, "--detector", tiny_detector, "--scale", "0.25", "--no-refine",
+                "--no-classify", *FAST)
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["options"]["detector_options"]["scale"] == 0.25
+    rep = json.loads((out / "S" / "big" / "report.json").read_text())
+    assert rep["image"]["detector_scale"] == 0.25 and rep["image"]["width"] == 1920
+    r = _invoke(tmp_path / "in" / "S", "--out", tmp_path / "o2", "--scale", "3")
+    assert r.exit_code == 2 and "factor in (0, 1]" in r.output
