@@ -167,14 +167,16 @@ def overlay(image: np.ndarray, cells: Cells) -> np.ndarray:
         return image.copy()
     det = cells.to_detections()
     palette = sv.ColorPalette.from_hex([KIND_COLORS[k] for k in KINDS])
+    k = 1.0 / min(1.0, max(float(cells.meta.scale), 1e-3))  # lines and text grow with cells the detector shrank
     if det.mask is not None:
         scene = sv.MaskAnnotator(color=palette, opacity=0.35).annotate(scene, det)
-    scene = sv.BoxAnnotator(color=palette, thickness=1).annotate(scene, det)
+    scene = sv.BoxAnnotator(color=palette, thickness=max(1, round(k))).annotate(scene, det)
     wbc = det[det.data["kind"] == "wbc"]
     if len(wbc):
         labels = [f"{lab or 'wbc'} {s:.2f}" if lab else f"wbc {c:.2f}" for lab, s, c in
                   zip(wbc.data["label"], np.nan_to_num(wbc.data["label_score"]), wbc.confidence)]
-        scene = sv.LabelAnnotator(color=palette, text_scale=0.4, text_padding=2).annotate(scene, wbc, labels=labels)
+        scene = sv.LabelAnnotator(color=palette, text_scale=0.4 * k, text_thickness=max(1, round(k)),
+                                  text_padding=round(2 * k)).annotate(scene, wbc, labels=labels)
     return np.ascontiguousarray(scene[..., ::-1])
 
 
