@@ -42,16 +42,15 @@ def _device_option(value: str) -> str:
 
 
 def scale_option(value: Optional[str]):
-    """``--scale``: auto, or a factor in (0, 1]; a usage error otherwise."""
-    if value is None or value == "auto":
+    """``--scale``: auto, or a factor in (0, 1] (:func:`bccdet.adapters.yolo.parse_scale`); a usage error otherwise."""
+    from .adapters.yolo import parse_scale
+
+    if value is None:
         return value
     try:
-        f = float(value)
-    except ValueError:
-        f = -1.0
-    if not 0 < f <= 1:
-        raise typer.BadParameter(f"{value!r}: expected auto or a factor in (0, 1] (1: never resize)")
-    return f
+        return parse_scale(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 SCALE_HELP = ("Detector scale: auto (an image over 960 px whose red cells measure over 200 px, a high-resolution "
@@ -441,11 +440,12 @@ def _patient_groups(paths: List[Path], mode: str) -> list[tuple[str, list[Path]]
 
 
 def _precision(value: str) -> str:
-    from .runtime import PRECISIONS
+    from .runtime import check_precision
 
-    if value not in PRECISIONS:
-        raise typer.BadParameter(f"{value!r}: choose {', '.join(PRECISIONS)}")
-    return value
+    try:
+        return check_precision(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 @app.command()

@@ -82,12 +82,17 @@ def native_bf16(device: str = "cpu") -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: str = "cpu") -> str:
-    """``fp32`` or ``bf16``: ``auto`` is bf16 where it is native (:func:`native_bf16`), else fp32 (emulated
-    bf16 is slower than fp32). A one-line ``ValueError`` for anything else."""
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`, else a one-line ``ValueError``."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
+    return precision
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``fp32`` or ``bf16``: ``auto`` is bf16 where it is native (:func:`native_bf16`), else fp32 (emulated
+    bf16 is slower than fp32). A one-line ``ValueError`` for anything else (:func:`check_precision`)."""
+    if check_precision(precision) == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
 

@@ -468,6 +468,7 @@ def classify_samples(samples, classifier, field_name: str = CELL_TYPE_FIELD, det
     from ..io import read_image
     from ..types import normalize_kind
     from ..vocab import LABELS
+
     fo = _fo()
     n, done, total = 0, 0, len(samples)
     fields = ["metadata"] + ([det_field] if det_field else [])

@@ -164,6 +164,19 @@ TRAINED_RBC_SIDE = 100.0
 MAX_RBC_SIDE = 2.0 * TRAINED_RBC_SIDE
 
 
+def parse_scale(value) -> str | float:
+    """A detector ``scale``: ``"auto"`` or a factor in (0, 1] (str or number); a one-line ``ValueError`` otherwise."""
+    if value == "auto":
+        return value
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = -1.0
+    if not 0 < f <= 1:
+        raise ValueError(f"{value!r}: expected auto or a factor in (0, 1] (1: never resize)")
+    return f
+
+
 class YoloDetector:
     """YOLOv8(-seg) detector stage: RGB image -> Cells (masks, when the model has a mask head).
 
@@ -191,9 +204,7 @@ class YoloDetector:
         self.name = name or Path(weights).stem
         self.sha256 = sha256
         self.tile, self.overlap = tile, overlap
-        if scale != "auto" and not (isinstance(scale, (int, float)) and 0 < float(scale) <= 1):
-            raise ValueError(f"scale {scale!r}: expected auto or a factor in (0, 1]")
-        self.scale = scale
+        self.scale = parse_scale(scale)
         self.kw = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False, retina_masks=True)
         names = self.model.names
         bad = [n for n in names.values() if n not in KINDS]
@@ -208,11 +219,16 @@ class YoloDetector:
             restore_threads(n)
         return results_to_cells(r, meta, names=self.model.names)
 
+    def _detect(self, image: np.ndarray, meta: SmearMeta) -> Cells:
+        """At full resolution: the image whole, or in tiles when over 1.5 tiles on a side."""
+        h, w = image.shape[:2]
+        return self._predict(image, meta) if max(h, w) <= 1.5 * self.tile else self._predict_tiled(image, meta)
+
     def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
         h, w = image.shape[:2]
         if max(h, w) <= 1.5 * self.tile:
             return self._predict(image, meta)
-        f = self.auto_scale(image) if self.scale == "auto" else float(self.scale)
+        f = self.auto_scale(image) if self.scale == "auto" else self.scale
         if f >= 1.0:
             return self._predict_tiled(image, meta)
         import cv2
@@ -221,8 +237,7 @@ class YoloDetector:
         sh, sw = small.shape[:2]
         fx = sw / w  # the factor as rounded to whole pixels
         inner = SmearMeta(path=meta.path, width=sw, height=sh)
-        cells = self._predict(small, inner) if max(sh, sw) <= 1.5 * self.tile else self._predict_tiled(small, inner)
-        return cells.rescaled(fx, dataclasses.replace(meta, scale=fx))
+        return self._detect(small, inner).rescaled(fx, dataclasses.replace(meta, scale=fx))
 
     def auto_scale(self, image: np.ndarray, min_rbc: int = 5) -> float:
         """The factor that brings this image's red cells to the size the detector learnt, or 1.0 (no resize)
