@@ -196,6 +196,43 @@ def test_train_init_starts_from_a_bccdet_checkpoint(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_budget_stops_on_the_clock_and_saves_the_weight_average(trained, tmp_path):
+    """--budget-min: a 1000-epoch cap ends when the time is spent (the schedule follows the clock and has
+    reached its floor); --ema: the saved network is the running average, not the last step's weights;
+    --select last keeps the last epoch even when an earlier one scored better."""
+    msgs = []
+    ck = C.train(trained["data"], tmp_path / "run", epochs=1000, imgsz=32, batch=8, lr=1e-3, seed=0,
+                 freeze_epochs=0, samples_per_epoch=16, budget_s=4.0, ema=0.9, select="last", log=msgs.append)
+    d = torch.load(ck, map_location="cpu", weights_only=True)
+    hist = d["history"]
+    assert 2 <= len(hist) < 1000 and hist[-1]["elapsed_s"] >= 4.0
+    assert hist[-1]["lr_end"] == pytest.approx(1e-3 * C.DEFAULT_RECIPE["min_lr_ratio"], rel=1e-3)
+    assert d["recipe"]["budget_s"] == 4.0 and d["recipe"]["ema"] == 0.9 and d["recipe"]["select"] == "last"
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    live, avg = last["model"], last["ema"]
+    conv = [k for k, v in live.items() if v.is_floating_point() and v.dim() == 4]
+    assert any(not torch.equal(live[k], avg[k]) for k in conv)  # the average differs from the live weights
+    saved = d["state_dict"]
+    assert all(torch.equal(saved[k], avg[k].half()) for k in conv)  # and it is what was saved
+    with pytest.raises(C.InputError, match="select"):
+        C.train(trained["data"], tmp_path / "bad", epochs=1, imgsz=32, batch=8, select="worst", log=msgs.append)
+    with pytest.raises(C.InputError, match="ema"):
+        C.train(trained["data"], tmp_path / "bad", epochs=1, imgsz=32, batch=8, ema=1.0, log=msgs.append)
+
+
+def test_train_imagenet_weights_may_be_an_fp16_copy(tmp_path, one_thread):
+    """--imagenet: an fp16 copy of the package weights (small enough to carry to a rented GPU) builds the
+    same network as the package file, to fp16 precision."""
+    src = torch.load(C.package_weights_path(), map_location="cpu", weights_only=True)
+    half = tmp_path / "lite0-fp16.pth"
+    torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in src.items()}, half)
+    a = C.load_backbone(len(LABELS)).state_dict()
+    b = C.load_backbone(len(LABELS), weights=half).state_dict()
+    body = [k for k in a if not k.startswith("classifier") and a[k].is_floating_point()]
+    assert body and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in body)
+
+
+@pytest.mark.slow
 def test_evaluate_metrics_in_unit_range(trained, tmp_path):
     res = C.evaluate(trained["ck"], trained["data"][0], split="test", out_dir=tmp_path)
     assert res["n"] == 9
