@@ -960,6 +960,9 @@ class Batch:
             # one SAM precision for the whole batch, every worker and node alike: the resumed batch's, else
             # the driver's choice for --device (bf16 where native)
             ref = dict(default_refiner(), precision=self.sam_precision or encoder_precision("auto", self.device))
+            if ref["precision"] == "bf16" and self.sam_precision and encoder_precision("auto", self.device) != "bf16":
+                notes.append(f"SAM runs in bf16, as when this batch started, but {self.device} here has no native "
+                             "bf16: emulated, several times slower (a new --out runs fp32)")
         else:
             notes.append("SAM refinement off (--no-refine): masks are the detector's")
         models = {"detector": {"name": name, "sha256": sha},

@@ -159,7 +159,7 @@ def test_usage_errors_exit_2(tmp_path):
 
 # ---------------------------------------------------------------------- end to end (tiny detector)
 @pytest.mark.slow
-def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path):
+def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path, monkeypatch):
     inp = tmp_path / "in"
     a = _fields(bccd, inp / "A", 3)
     _fields(bccd, inp / "B", 2, start=3)
@@ -226,6 +226,17 @@ def test_batch_outputs_aggregates_and_exit_status(bccd, tiny_detector, tmp_path)
     r = _invoke("--out", out, "--resume")
     assert r.exit_code == 1, r.output
     assert json.loads((out / "A" / a[0].stem / "report.json").read_text())["models"]["refiner"]["precision"] == "fp32"
+    # a bf16 batch resumed where bf16 is not native (emulated, slow) keeps bf16 and says so
+    man = json.loads((out / "manifest.json").read_text())
+    man["models"]["refiner"]["precision"] = "bf16"
+    (out / "manifest.json").write_text(json.dumps(man))
+    import bccdet.runtime
+
+    monkeypatch.setattr(bccdet.runtime, "native_bf16", lambda device="cpu": False)
+    r = _invoke("--out", out, "--resume")
+    assert "no native bf16" in r.stderr, r.stderr
+    assert json.loads((out / "manifest.json").read_text())["models"]["refiner"]["precision"] == "bf16"
+    monkeypatch.undo()
     # the same OUT without --resume: refused
     r = _invoke(inp / "A", "--out", out, "--detector", tiny_detector)
     assert r.exit_code == 2 and "--resume" in r.stderr
