@@ -210,8 +210,10 @@ class Cells:
             h, w = m.shape
             X0, Y0 = int(np.floor(x0 / factor)), int(np.floor(y0 / factor))
             X1, Y1 = int(np.ceil((x0 + w) / factor)), int(np.ceil((y0 + h) / factor))
-            out.masks[i] = cv2.resize(m.astype(np.uint8), (max(1, X1 - X0), max(1, Y1 - Y0)),
-                                      interpolation=cv2.INTER_LINEAR if factor < 1 else cv2.INTER_AREA) > 0 \
+            # as a 0/1 float cut at one half: an enlarged mask gets a smooth edge, not the small mask's
+            # pixel steps grown outwards (uint8 interpolation then > 0)
+            out.masks[i] = cv2.resize(m.astype(np.float32), (max(1, X1 - X0), max(1, Y1 - Y0)),
+                                      interpolation=cv2.INTER_LINEAR if factor < 1 else cv2.INTER_AREA) >= (0.5 if factor < 1 else 1e-6) \
                 if m.any() else np.zeros((max(1, Y1 - Y0), max(1, X1 - X0)), bool)
             out.mask_offset[i] = (X0, Y0)
         return out

@@ -189,4 +189,5 @@ def test_rescaled_maps_cells_back_to_the_full_image():
         n2, lab2 = cv2.connectedComponents(full)
         truth = lab2 == lab2[int(out.xyxy[i, 1] + out.xyxy[i, 3]) // 2, int(out.xyxy[i, 0] + out.xyxy[i, 2]) // 2]
         assert (m & truth).sum() / (m | truth).sum() > 0.95
+        assert abs(int(m.sum()) - int(truth.sum())) < 0.02 * truth.sum()  # enlarged masks neither grow nor shrink
     assert cells.xyxy[0, 2] < 300 and cells.masks[0].shape[0] < 100  # the original cells are left as they were
