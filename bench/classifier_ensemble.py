@@ -7,7 +7,9 @@ original images) and on the DeepAPL held-out patients (data/deepapl-cls val + te
 runs/ensemble/<name>-<set>.npz (keyed by the checkpoint's sha256). Prints, per model and per ensemble
 (mean log-probability, equal weights, every subset up to --max-size): PBC val / test accuracy and
 macro-F1, DeepAPL cell accuracy and blast recall at precision >= 0.90 (PR curve on the held-out
-cells). Ensembles are ranked by PBC *val* accuracy: test is read, never chosen on. Prints the machine.
+cells). Ensembles are ranked by PBC *val* accuracy: test is read, never chosen on. Then how many PBC
+test images k or more of the models get wrong (the errors all share bound what averaging can do).
+Prints the machine.
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['models']:40s} {r['pbc-val-acc']:8.4f} {r['pbc-val-f1']:7.4f} {r['pbc-test-acc']:8.4f} "
               f"{r['pbc-test-f1']:7.4f} {r['apl-heldout-acc']:8.4f} {r['blast-r@p90']:11.3f}")
+    # errors shared by every model: a floor no average of these models can go below
+    y = lp[(next(iter(models)), "pbc-test")][1]
+    wrong = np.array([lp[(n, "pbc-test")][0].argmax(1) != y for n in models]).sum(0)
+    print("PBC test images misclassified by at least k of the", len(models), "models: "
+          + ", ".join(f"k={k}: {int((wrong >= k).sum())}" for k in range(1, len(models) + 1)))
     print(machine())
 
 
