@@ -7,7 +7,8 @@ original images) and on the DeepAPL held-out patients (data/deepapl-cls val + te
 runs/ensemble/<name>-<set>.npz (keyed by the checkpoint's sha256). Prints, per model and per ensemble
 (mean log-probability, equal weights, every subset up to --max-size): PBC val / test accuracy and
 macro-F1, DeepAPL cell accuracy and blast recall at precision >= 0.90 (PR curve on the held-out
-cells). Ensembles are ranked by PBC *val* accuracy: test is read, never chosen on. Then how many PBC
+cells). Ensembles are ranked by PBC *val* accuracy: test is read, never chosen on. Then, for the first
+model, what each review threshold sends to review and which errors it catches; and how many PBC
 test images k or more of the models get wrong (the errors all share bound what averaging can do).
 Prints the machine.
 """
@@ -99,6 +100,20 @@ def main() -> None:
     for r in rows:
         print(f"{r['models']:40s} {r['pbc-val-acc']:8.4f} {r['pbc-val-f1']:7.4f} {r['pbc-test-acc']:8.4f} "
               f"{r['pbc-test-f1']:7.4f} {r['apl-heldout-acc']:8.4f} {r['blast-r@p90']:11.3f}")
+    # the review flag as a safety net: what each threshold sends to review, for the first model alone
+    first = next(iter(models))
+    print(f"\n{first}: --review-threshold (top probability below it -> review; abnormal labels are reviewed anyway)")
+    print(f"{'threshold':>9s} {'PBC test: reviewed':>19s} {'errors caught':>13s} {'acc of the rest':>15s} "
+          f"{'DeepAPL: reviewed':>18s} {'errors caught':>13s}")
+    for t in (0.5, 0.6, 0.7, 0.8, 0.9):
+        cols = []
+        for s_ in ("pbc-test", "apl-heldout"):
+            lp_, y_ = lp[(first, s_)]
+            p_ = np.exp(lp_)
+            err, rv = p_.argmax(1) != y_, p_.max(1) < t
+            cols.append((rv.mean(), int((err & rv).sum()), int(err.sum()), float((~err & ~rv).sum() / max(1, (~rv).sum()))))
+        (a1, c1, e1, r1), (a2, c2, e2, _) = cols
+        print(f"{t:9.1f} {a1:18.1%} {c1:6d} of {e1:<4d} {r1:15.4f} {a2:17.1%} {c2:6d} of {e2:<4d}")
     # errors shared by every model: a floor no average of these models can go below
     y = lp[(next(iter(models)), "pbc-test")][1]
     wrong = np.array([lp[(n, "pbc-test")][0].argmax(1) != y for n in models]).sum(0)

@@ -85,6 +85,14 @@ def test_train_evaluate_classify_cli(tmp_path, cli):
     assert r.returncode == 2 and "fp8" in r.stderr and "Traceback" not in r.stderr
     r = cli("classify", root, "--precision", "bf16", "--out", tmp_path / "o7", "--classifier", ck)
     assert r.returncode == 0 and json.loads((tmp_path / "o7/summary.json").read_text())["model"]["precision"] == "bf16"
+    # --review-threshold: 1.0 sends every typed cell to review, and the summary records the threshold used
+    r = cli("classify", root, "--review-threshold", "1.0", "--out", tmp_path / "o8", "--classifier", ck)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s8 = json.loads((tmp_path / "o8/summary.json").read_text())
+    assert s8["model"]["review_threshold"] == 1.0 and s8["review"] == s8["classified"] == 6
+    assert json.loads((tmp_path / "o7/summary.json").read_text())["model"]["review_threshold"] == 0.6
+    r = cli("classify", root, "--review-threshold", "1.5", "--out", tmp_path / "o9", "--classifier", ck)
+    assert r.returncode == 2 and "1.5" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_classify_empty_folder_is_a_clear_error(tmp_path, cli):

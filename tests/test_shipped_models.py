@@ -148,6 +148,7 @@ def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
 
     assert rep["models"]["refiner"]["precision"] == encoder_precision("auto")  # bf16 where this CPU has it natively
     assert rep["models"]["classifier"]["name"] == default_name("classifier")
+    assert rep["models"]["classifier"]["review_threshold"] == 0.6  # the checkpoint's, recorded
     wbc = [c for c in rep["cells"] if c["kind"] == "wbc"]
     assert len(wbc) == 1 and wbc[0]["label"] in ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte",
                                                    "immature_granulocyte", "blast", "promyelocyte", "variant_lymphocyte")
@@ -157,6 +158,13 @@ def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
     # and the image's flag follows its typed WBCs (a BCCD phone-camera WBC: 87 % of them are unfamiliar)
     assert all(isinstance(c["unfamiliar"], bool) for c in wbc) and all(c["review"] for c in wbc if c["unfamiliar"])
     assert all(c["unfamiliar"] is None for c in rep["cells"] if c["label"] is None)
+    # --review-threshold 1.0: every typed cell goes to review, and the report says which threshold ran
+    r = cli("analyze", "--sample", "--no-refine", "--review-threshold", "1.0", "--out", tmp_path / "rv")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rv = json.loads((tmp_path / "rv" / "BloodImage_00007" / "report.json").read_text())
+    assert rv["models"]["classifier"]["review_threshold"] == 1.0
+    typed = [c for c in rv["cells"] if c["label"] is not None]
+    assert typed and all(c["review"] for c in typed)
     codes = {f["code"] for f in rep["summary"]["flags"]}
     assert ("unfamiliar_images" in codes) == wbc[0]["unfamiliar"] == (rep["summary"].get("unfamiliar") == 1)
     assert (tmp_path / "out" / "BloodImage_00007" / "report.html").stat().st_size > 10_000

@@ -1154,12 +1154,14 @@ class CellClassifier:
         return out
 
 
-def load_classifier(classifier: str | Path | None = None, device: str = "cpu", precision: str = "fp32") -> CellClassifier:
-    """A registered classifier by name, a checkpoint file, or (None) the registry's default."""
+def load_classifier(classifier: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
+                    threshold: float | None = None) -> CellClassifier:
+    """A registered classifier by name, a checkpoint file, or (None) the registry's default; ``threshold``
+    overrides the checkpoint's review threshold."""
     from ..weights import resolve
 
     w, name, sha = resolve(None if classifier is None else str(classifier), "classifier")
-    return CellClassifier(w, device=device, name=name, sha256=sha, precision=precision)
+    return CellClassifier(w, device=device, name=name, sha256=sha, precision=precision, threshold=threshold)
 
 
 def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClassifier | None = None,
