@@ -495,7 +495,8 @@ class Worker:
             from .adapters.classifier import CellClassifier
 
             c = self.cfg["classifier"]
-            self.clf = CellClassifier(_materialize(c), device=self.cfg["device"], name=c["name"], sha256=c["sha256"])
+            self.clf = CellClassifier(_materialize(c), device=self.cfg["device"], name=c["name"], sha256=c["sha256"],
+                                      threshold=c.get("review_threshold"))
         return self.clf
 
     def run(self, task: dict) -> dict:
@@ -896,13 +897,15 @@ class Batch:
                  device: str = "cpu", classify: bool | None = None, refine: bool | None = None,
                  formats: tuple[str, ...] | None = None, ray_address: str | None = None, detector_options: dict | None = None,
                  progress: bool | None = None, log: Log | None = None, images: str | None = None,
-                 adapt: bool | None = None):
+                 adapt: bool | None = None, review_threshold: float | None = None):
         if images is not None and images not in IMAGE_KINDS:
             raise InputError(f"unknown --images {images!r}; expected auto, fields or cells")
         if backend not in ("local", "ray"):
             raise InputError(f"unknown --backend {backend!r}; expected local or ray")
         if workers is not None and workers < 1:
             raise InputError("--workers must be at least 1")
+        if review_threshold is not None and not 0.0 <= review_threshold <= 1.0:
+            raise InputError(f"--review-threshold {review_threshold}: expected a probability in [0, 1]")
         bad = sorted(set(formats or ()) - {"coco", "geojson"})
         if bad:
             raise InputError(f"unknown --format {bad}; expected coco or geojson")
@@ -917,6 +920,7 @@ class Batch:
         self.progress = progress
         self.images = images
         self.adapt = adapt
+        self.review_threshold = None if review_threshold is None else float(review_threshold)
         self.sam_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
@@ -953,6 +957,8 @@ class Batch:
                 notes.append(f"WBC classification: detect-only, labels are null ({self.no_classifier})")
         else:
             notes.append("WBC classification off (--no-classify): detect-only, labels are null")
+        if clf is not None and self.review_threshold is not None:
+            clf["review_threshold"] = self.review_threshold
         ref = None
         if self.refine:
             from .adapters.sam import default_refiner, encoder_precision
@@ -1303,12 +1309,16 @@ class Batch:
             self.images = was.get("images", "auto")
         if self.adapt is None:
             self.adapt = bool(was.get("adapt", False))
+        if self.review_threshold is None:
+            self.review_threshold = was.get("review_threshold")
         prev_ref = ((prev or {}).get("models") or {}).get("refiner")
         if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
             prev_ref.setdefault("precision", "fp32")
             self.sam_precision = prev_ref["precision"]
-        # --images / --adapt are recorded only when not the default: batches made before them resume unchanged
-        newer = {**({"images": self.images} if self.images != "auto" else {}), **({"adapt": True} if self.adapt else {})}
+        # --images / --adapt / --review-threshold are recorded only when not the default: batches made before
+        # them resume unchanged
+        newer = {**({"images": self.images} if self.images != "auto" else {}), **({"adapt": True} if self.adapt else {}),
+                 **({"review_threshold": self.review_threshold} if self.review_threshold is not None else {})}
         self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify,
                      "refine": self.refine, "formats": list(self.formats),
                      "detector_options": self.detector_options, **newer}

@@ -14,7 +14,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the ``batch`` command to ``app`` (idempotent)."""
-    from .cli import SCALE_HELP, _err, device_option, friendly, scale_option
+    from .cli import REVIEW_HELP, SCALE_HELP, _err, _review_threshold, device_option, friendly, scale_option
 
     if any(getattr(c, "name", None) == "batch" for c in app.registered_commands):
         return
@@ -56,6 +56,8 @@ def register(app: typer.Typer) -> None:
         conf: Optional[float] = typer.Option(None, "--conf", hidden=True, help="Detector confidence threshold (advanced)."),
         scale: Optional[str] = typer.Option(None, "--scale", callback=lambda v: scale_option(v),
                                             help=SCALE_HELP + " Default auto; --resume: the batch's own."),
+        review_threshold: Optional[float] = typer.Option(None, "--review-threshold", callback=lambda v: _review_threshold(v),
+                                                         help=REVIEW_HELP + " --resume: the batch's own."),
     ):
         """Analyse many slides: one folder per slide (fields, or a CellaVision export of single cells), loose images
         and whole-slide scans; write OUT/manifest.json, OUT/<slide>/slide.json, slides.csv, slides.parquet and
@@ -87,7 +89,8 @@ def register(app: typer.Typer) -> None:
             det_opts["scale"] = scale
         res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
                         device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
-                        detector_options=det_opts, progress=progress, images=images, adapt=adapt, log=lambda m: typer.echo(m, err=True))
+                        detector_options=det_opts, progress=progress, images=images, adapt=adapt,
+                        review_threshold=review_threshold, log=lambda m: typer.echo(m, err=True))
         typer.echo(
             f"batch: {res['slides']} slide(s) ({res['slides_done']} done, {res['slides_failed']} failed, "
             f"{res['slides_skipped']} skipped), {res['fields']} image(s) ({res['fields_done']} done, "

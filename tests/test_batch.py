@@ -375,8 +375,10 @@ class _FakeClassifier:
     familiarity = None
     prior = None  # adapt_rows: the uniform reference prior
 
-    def __init__(self, checkpoint, device="cpu", name="", sha256=""):
+    def __init__(self, checkpoint, device="cpu", name="", sha256="", threshold=None):
         self.name, self.sha256 = name, sha256
+        if threshold is not None:
+            self.threshold = threshold
 
     def predict_crops_familiarity(self, crops, batch_size=32):
         return self.predict_crops(crops, batch_size), None
@@ -499,6 +501,41 @@ def test_batch_adapt_reestimates_each_single_cell_patient_and_is_kept_on_resume(
     # resumed without the option: the batch's own (--adapt) is kept, not silently dropped
     res = B.run_batch([], out, resume=True, detector=str(dummy), classifier=str(ck), progress=False, log=lambda m: None)
     assert not res["failed"] and json.loads((out / "manifest.json").read_text())["options"]["adapt"] is True
+
+
+def test_batch_review_threshold_reaches_the_classifier_and_is_kept_on_resume(bccd, tmp_path, monkeypatch):
+    C = pytest.importorskip("bccdet.adapters.classifier")
+    src = sorted((bccd / "JPEGImages").glob("*.jpg"))
+    inp = tmp_path / "in"
+    for i in range(4):
+        _crop(src[i], inp / "Patient_C" / "Lymphocyte" / f"c{i}.png")
+    ck, dummy = tmp_path / "clf.pt", tmp_path / "det.pt"
+    ck.write_bytes(b"fake")
+    dummy.write_bytes(b"fake")
+    monkeypatch.setattr(B, "_classifier_available", lambda: True)
+    monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
+    import pandas as pd
+
+    def reviewed(out):  # typed cells marked review that are not abnormal (the fake's top score is 0.9)
+        c = pd.read_csv(out / "Patient_C/cells.csv")
+        return int(c.loc[c["label"] == "lymphocyte", "review"].sum()), int((c["label"] == "lymphocyte").sum())
+
+    base = tmp_path / "base"
+    B.run_batch([inp / "Patient_C"], base, detector=str(dummy), classifier=str(ck), progress=False, log=lambda m: None)
+    n_rev, n_lym = reviewed(base)
+    assert n_lym > 0 and n_rev == 0  # 0.9 is above the classifier's own threshold
+    assert "review_threshold" not in json.loads((base / "manifest.json").read_text())["options"]
+    out = tmp_path / "o"
+    B.run_batch([inp / "Patient_C"], out, detector=str(dummy), classifier=str(ck), progress=False,
+                review_threshold=0.95, log=lambda m: None)
+    assert reviewed(out) == (n_lym, n_lym)  # 0.9 < 0.95: every lymphocyte goes to review
+    assert json.loads((out / "manifest.json").read_text())["options"]["review_threshold"] == 0.95
+    res = B.run_batch([], out, resume=True, detector=str(dummy), classifier=str(ck), progress=False, log=lambda m: None)
+    assert not res["failed"] and json.loads((out / "manifest.json").read_text())["options"]["review_threshold"] == 0.95
+    from bccdet.io import InputError
+
+    with pytest.raises(InputError, match="review-threshold"):
+        B.run_batch([inp / "Patient_C"], tmp_path / "bad", detector=str(dummy), review_threshold=2.0, log=lambda m: None)
 
 
 @pytest.mark.slow
