@@ -177,11 +177,12 @@ def analyze(
             pipe.classifier = CellClassifier(cw, device=device, name=cname, sha256=csha, threshold=review_threshold)
     failed = 0
     used: set = set()
-    for p in paths:
+    for i, p in enumerate(paths, 1):
+        at = f"[{i}/{len(paths)}] " if len(paths) > 1 else ""  # where a run of many images is
         try:
             img = read_image(p)
         except InputError as e:
-            _err(str(e))
+            _err(f"{at}{e}")
             failed += 1
             continue
         stem = Path(p).stem
@@ -199,12 +200,12 @@ def analyze(
         except Exception as e:  # one image failing must not stop the others
             if os.environ.get("BCCDET_DEBUG"):
                 raise
-            _err(f"{p}: analysis failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            _err(f"{at}{p}: analysis failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
             failed += 1
             continue
         c = rep["summary"]["counts"]
         sc = rep["image"].get("detector_scale")
-        typer.echo(f"{p}: {c['rbc']} RBC, {c['wbc']} WBC, {c['platelet']} platelets "
+        typer.echo(f"{at}{p}: {c['rbc']} RBC, {c['wbc']} WBC, {c['platelet']} platelets "
                    + (f"(large cells: detected at {sc:.2f}x) " if sc else "")
                    + f"({pipe.timings['total']:.0f} ms) -> {out / stem}/report.html")
     if failed:

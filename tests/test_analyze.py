@@ -73,6 +73,8 @@ def test_bad_inputs_one_line_each_and_others_processed(tiny_detector, smear, tmp
         assert sum(str(p) in ln for ln in errors) == 1, (key, r.stderr)
     assert any("above the" in ln and "huge.png" in ln for ln in errors)
     assert (tmp_path / "out/BloodImage_00007/report.json").exists()  # the good image was still processed
+    n = len(bad) + 1  # a run of several images says where it is: [i/n] on every line
+    assert r.stdout.splitlines()[0].startswith(f"[1/{n}] ") and all(f"/{n}] " in ln for ln in errors)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["BloodImage_00007"]
 
 
