@@ -590,11 +590,11 @@ def train_classifier(
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
     if budget_min is not None and budget_min <= 0:
-        raise typer.BadParameter("--budget-min must be > 0")
+        raise InputError(f"--budget-min {budget_min}: must be > 0")
     if select not in ("best", "last"):
-        raise typer.BadParameter("--select must be best or last")
+        raise InputError(f"--select {select!r}: choose best or last")
     if not 0.0 <= ema < 1.0:
-        raise typer.BadParameter("--ema must be in [0, 1)")
+        raise InputError(f"--ema {ema}: must be in [0, 1)")
     if imagenet is not None and not imagenet.is_file():
         raise InputError(f"{imagenet}: no such file")
     for d in data:

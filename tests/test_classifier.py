@@ -230,6 +230,10 @@ def test_train_imagenet_weights_may_be_an_fp16_copy(tmp_path, one_thread):
     b = C.load_backbone(len(LABELS), weights=half).state_dict()
     body = [k for k in a if not k.startswith("classifier") and a[k].is_floating_point()]
     assert body and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in body)
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not weights")
+    with pytest.raises(C.ClassifierError, match="not a readable weights file"):
+        C.load_backbone(len(LABELS), weights=bad)
 
 
 @pytest.mark.slow

@@ -199,7 +199,10 @@ def load_backbone(num_classes: int = len(LABELS), pretrained: bool = True, drop_
                               drop_path_rate=drop_path_rate)
     if pretrained:
         path = Path(weights) if weights else package_weights_path()
-        src = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            src = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is an unusable file
+            raise ClassifierError(f"{path}: not a readable weights file ({type(e).__name__})") from None
         if isinstance(src, dict) and "state_dict" in src and isinstance(src["state_dict"], dict):
             src = src["state_dict"]
         dst = model.state_dict()
@@ -713,6 +716,9 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
     if init_ck is not None:
         identity["init"] = rec["init"]["sha256"]
 
+    # the network first: a bad weights file fails before minutes of decoding
+    model = load_backbone(len(LABELS), pretrained=pretrained, drop_rate=rec["drop_rate"],
+                          drop_path_rate=rec["drop_path_rate"], weights=imagenet)
     tr_items = _collect(data_dirs, "train", max_per_class, seed)
     va_items = _collect(data_dirs, "val", max_per_class, seed + 1)
     if not tr_items:
@@ -729,8 +735,6 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
 
     dev = torch.device(device)
     # channels_last: ~1.8x faster convolutions on CPU (measured, EfficientNet-Lite0 at 160 px)
-    model = load_backbone(len(LABELS), pretrained=pretrained, drop_rate=rec["drop_rate"],
-                          drop_path_rate=rec["drop_path_rate"], weights=imagenet)
     if init_ck is not None:
         model.load_state_dict({k: (v.float() if torch.is_floating_point(v) else v)
                                for k, v in init_ck["state_dict"].items()}, strict=True)
