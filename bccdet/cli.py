@@ -117,10 +117,32 @@ def _review_threshold(value: Optional[float]) -> Optional[float]:
     return value
 
 
+def _expand_folders(paths: list, out: Path) -> tuple[list[Path], int]:
+    """Each folder given becomes the images inside it (recursively, sorted), leaving out anything under
+    ``out`` (the reports of an earlier run); a folder without images is an error line. Returns the
+    images and the number of folders that had none."""
+    from .io import image_files
+
+    out_real = Path(out).resolve()
+    files, empty = [], 0
+    for p in map(Path, paths):
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = [f for f in image_files(p) if out_real not in f.resolve().parents]
+        if not found:
+            _err(f"{p}: no image files in this folder")
+            empty += 1
+        files += found
+    if not files:
+        raise typer.Exit(2)
+    return files, empty
+
+
 @app.command()
 @friendly
 def analyze(
-    images: List[Path] = typer.Argument(None, help="Smear images (JPG, PNG, TIFF, ...)."),
+    images: List[Path] = typer.Argument(None, help="Smear images (JPG, PNG, TIFF, ...) or folders of them (searched recursively)."),
     out: Path = typer.Option(Path("bccdet-out"), "--out", "-o", help="Output folder; one sub-folder per image."),
     sample: bool = typer.Option(False, "--sample", help="Analyse the sample smear (first BCCD test image)."),
     detector: Optional[str] = typer.Option(None, help="Detector name from weights/registry.json or a .pt file."),
@@ -151,6 +173,7 @@ def analyze(
         _err("no images given (pass image files, or --sample)")
         raise typer.Exit(2)
     check_out_dir(out)
+    paths, failed = _expand_folders(paths, out)
     weights, name, sha = resolve(detector, "detector")  # one clear line (exit 2) when there is none
     from .adapters.yolo import YoloDetector
     from .pipeline import Pipeline
@@ -175,7 +198,6 @@ def analyze(
             from .adapters.classifier import CellClassifier
 
             pipe.classifier = CellClassifier(cw, device=device, name=cname, sha256=csha, threshold=review_threshold)
-    failed = 0
     used: set = set()
     for i, p in enumerate(paths, 1):
         at = f"[{i}/{len(paths)}] " if len(paths) > 1 else ""  # where a run of many images is

@@ -73,8 +73,10 @@ def test_bad_inputs_one_line_each_and_others_processed(tiny_detector, smear, tmp
         assert sum(str(p) in ln for ln in errors) == 1, (key, r.stderr)
     assert any("above the" in ln and "huge.png" in ln for ln in errors)
     assert (tmp_path / "out/BloodImage_00007/report.json").exists()  # the good image was still processed
-    n = len(bad) + 1  # a run of several images says where it is: [i/n] on every line
-    assert r.stdout.splitlines()[0].startswith(f"[1/{n}] ") and all(f"/{n}] " in ln for ln in errors)
+    n = len(bad)  # a run of several images says where it is: [i/n] on every line (the empty folder has none)
+    assert r.stdout.splitlines()[0].startswith(f"[1/{n}] ")
+    assert all(f"/{n}] " in ln for ln in errors if "adir" not in ln)
+    assert any(ln == f"error: {bad['directory']}: no image files in this folder" for ln in errors)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["BloodImage_00007"]
 
 
@@ -86,6 +88,24 @@ def test_odd_but_valid_images_all_succeed(tiny_detector, smear, tmp_path, cli):
         rep = json.loads((tmp_path / "out" / p.stem / "report.json").read_text())
         want = (640, 480) if key != "exif" else (480, 640)  # EXIF orientation 6: shown rotated
         assert (rep["image"]["width"], rep["image"]["height"]) == want, key
+
+
+def test_a_folder_is_its_images_and_an_earlier_report_inside_it_is_not(tiny_detector, smear, tmp_path, cli):
+    """analyze DIR: the images inside (recursively); the reports of a run whose --out lies inside DIR are
+    not taken for smears on the next run; an empty folder is a one-line error."""
+    d = tmp_path / "smears"
+    (d / "slide2").mkdir(parents=True)
+    shutil.copy(smear, d / "a.jpg")
+    shutil.copy(smear, d / "slide2" / "b.jpg")
+    out = d / "out"
+    for _ in range(2):
+        r = cli("analyze", d, "--detector", tiny_detector, "--out", out, "--no-refine", "--no-classify")
+        assert r.returncode == 0, r.stderr
+        assert [ln.split("] ")[0] for ln in r.stdout.splitlines()] == ["[1/2", "[2/2"]  # not the overlay PNGs
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+    (tmp_path / "none").mkdir()
+    r = cli("analyze", tmp_path / "none", "--out", tmp_path / "o2")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'none'}: no image files in this folder"
 
 
 def test_usage_errors_exit_2(tmp_path, cli):
