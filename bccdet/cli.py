@@ -704,7 +704,24 @@ _register_extensions()
 
 
 def main() -> None:
-    app()
+    """Run the app; a usage error (bad option value, unknown option, missing argument) is one line on
+    stderr with exit status 2, like every other error a user can fix, instead of click's framed box."""
+    import click
+
+    try:
+        rv = app(standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        msg = " ".join(e.format_message().split())
+        if msg:  # empty: no arguments at all, the help is already shown
+            _err(msg + (f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""))
+        sys.exit(2)
+    except click.exceptions.Abort:
+        _err("interrupted")
+        sys.exit(130)
+    except click.exceptions.ClickException as e:
+        _err(" ".join(e.format_message().split()))
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

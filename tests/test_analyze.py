@@ -118,6 +118,12 @@ def test_usage_errors_exit_2(tmp_path, cli):
     for bad in ("2", "0", "big"):
         r = cli("analyze", "x.jpg", "--scale", bad)
         assert r.returncode == 2 and "factor in (0, 1]" in r.stderr and "Traceback" not in r.stderr, bad
+    # usage errors too are one line (not click's framed box), naming where to look
+    for args in (["x.jpg", "--scale", "2"], ["x.jpg", "--no-such-option"], ["x.jpg", "--review-threshold", "7"]):
+        r = cli("analyze", *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+        assert lines[0].endswith("(see: cli.py analyze --help)") and "\u256d" not in r.stderr
 
 
 def test_report_files_and_contract(tiny_detector, smear, tmp_path, cli):
