@@ -103,7 +103,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
 CPU_MAX_BATCH = 16
 
 
-class ClassifierError(RuntimeError):
+class ClassifierError(InputError):
     """A classifier checkpoint or the backbone weights are unusable; the message is one line."""
 
 
