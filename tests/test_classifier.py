@@ -225,6 +225,13 @@ def test_train_budget_stops_on_the_clock_and_saves_the_weight_average(trained, t
         C.train(trained["data"], tmp_path / "bad", epochs=1, imgsz=32, batch=8, ema=1.0, log=msgs.append)
 
 
+def test_training_set_stays_in_host_memory_on_a_small_gpu():
+    """The decoded PBC + DeepAPL set at 288 + 64 px (18,662 x 352 x 352 x 3 bytes, 6.9 GB) goes onto an
+    H200 (139 GB free) but not onto an 8 GB laptop GPU, where activations need the room."""
+    n = 18662 * 352 * 352 * 3
+    assert C.set_fits_on_gpu(n, 139 * 2**30) and not C.set_fits_on_gpu(n, 8 * 2**30)
+
+
 def test_train_imagenet_weights_may_be_an_fp16_copy(tmp_path, one_thread):
     """--imagenet: an fp16 copy of the package weights (small enough to carry to a rented GPU) builds the
     same network as the package file, to fp16 precision."""

@@ -625,6 +625,12 @@ def _logits(model, x_u8: np.ndarray, mean, std, batch: int = 64, device: str = "
     return torch.cat(outs).numpy() if outs else np.zeros((0, len(LABELS)), np.float32)
 
 
+def set_fits_on_gpu(nbytes: int, free_bytes: int, share: float = 0.5) -> bool:
+    """Whether a decoded training set of ``nbytes`` may live on a GPU with ``free_bytes`` free: at most
+    ``share`` of it, leaving the rest to activations (288 px, batch 128: ~10 GB at bf16)."""
+    return nbytes <= share * free_bytes
+
+
 def _param_groups(model, weight_decay: float):
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -740,9 +746,16 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
                                for k, v in init_ck["state_dict"].items()}, strict=True)
     model = model.to(dev, memory_format=torch.channels_last)
     cuda = dev.type == "cuda"
+    on_gpu = False
     if cuda:
         torch.backends.cudnn.benchmark = True
-        xtr = torch.from_numpy(np.ascontiguousarray(xtr)).to(dev)  # uint8, indexed on the GPU per batch
+        free, _ = torch.cuda.mem_get_info(dev)
+        on_gpu = set_fits_on_gpu(xtr.nbytes, free)
+        if on_gpu:  # uint8, indexed on the GPU per batch
+            xtr = torch.from_numpy(np.ascontiguousarray(xtr)).to(dev)
+        else:  # a small GPU: the set stays in memory here, each batch goes over (augmentation still on the GPU)
+            log(f"training set {xtr.nbytes / 2**30:.1f} GiB > half the GPU's free {free / 2**30:.1f} GiB: kept in "
+                "host memory, batches copied per step")
     ema_model = None
     if ema:
         import copy
@@ -820,7 +833,7 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
             if out_of_time():
                 break
             idx = np.sort(order[s * batch:(s + 1) * batch])
-            xu = xtr[torch.from_numpy(idx).to(dev)] if cuda else xtr[idx]
+            xu = xtr[torch.from_numpy(idx).to(dev)] if on_gpu else xtr[idx]
             xb = ((augment(xu, imgsz, g, rec["aug"], device=dev) - mean_t) / std_t).contiguous(
                 memory_format=torch.channels_last)
             yb = torch.as_tensor(ytr[idx]).to(dev)
