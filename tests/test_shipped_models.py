@@ -73,6 +73,40 @@ def test_shipped_detector_finds_large_cells_of_a_high_resolution_field(bccd):
     assert auto.auto_scale(mosaic) == 1.0
 
 
+def test_shipped_detector_scales_a_field_with_few_red_cells_by_its_white_cells(bccd):
+    """A high-resolution field with almost no red cells (BCCD test BloodImage_00031 with its labelled red
+    cells painted over, at 4x): the overview shows 2 red cells, too few to measure, so the white cells'
+    size stands in. The field is analysed near its training scale (the 2 WBCs found as at a fixed 0.25x)
+    instead of tiled at full resolution, where the WBC count was 3 and the paint blobs gave 15 'RBCs'."""
+    import xml.etree.ElementTree as ET
+
+    import cv2
+
+    from bccdet.adapters.yolo import YoloDetector
+    from bccdet.io import read_image
+    from bccdet.types import SmearMeta
+
+    st = "BloodImage_00031"
+    if not (bccd / "JPEGImages" / f"{st}.jpg").exists():
+        pytest.skip(f"{st} not in this BCCD copy")
+    img = read_image(bccd / "JPEGImages" / f"{st}.jpg").copy()
+    objs = [(o.find("name").text, [int(float(o.find("bndbox").find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax")])
+            for o in ET.parse(bccd / "Annotations" / f"{st}.xml").findall("object")]
+    wbc = [b for n, b in objs if n == "WBC"]
+    bg = np.median(img.reshape(-1, 3), 0).astype(np.uint8)
+    for n, (x1, y1, x2, y2) in objs:
+        if n == "RBC" and not any(x1 < X2 and X1 < x2 and y1 < Y2 and Y1 < y2 for X1, Y1, X2, Y2 in wbc):
+            img[y1:y2, x1:x2] = bg
+    big = cv2.resize(img, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    w, name, sha = resolve(None, "detector")
+    auto = YoloDetector(w, name=name, sha256=sha)
+    got = auto(big, SmearMeta(width=big.shape[1], height=big.shape[0]))
+    fixed = YoloDetector(w, name=name, sha256=sha, scale=0.25)(big, SmearMeta(width=big.shape[1], height=big.shape[0]))
+    assert 0.15 < got.meta.scale < 0.45, got.meta.scale
+    assert int((got.kind == "wbc").sum()) == int((fixed.kind == "wbc").sum()) == len(wbc) == 2
+    assert int((got.kind == "rbc").sum()) <= 5
+
+
 def _needs(task: str, data_root, folder: str):
     """The data folder a shipped-model test reads; fails without a registered default, skips without data."""
     if default_name(task) is None:

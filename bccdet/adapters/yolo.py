@@ -162,6 +162,14 @@ def results_to_cells(result, meta: SmearMeta, names: dict | None = None) -> Cell
 # (red cells 36-172 px in a 640 px tile) and drops at 3x (RBC recall 0.85 -> 0.43).
 TRAINED_RBC_SIDE = 100.0
 MAX_RBC_SIDE = 2.0 * TRAINED_RBC_SIDE
+# A WBC box side over the median red-cell box side of the same BCCD field (labels of the 339 train / val /
+# test fields with 5+ red cells and a WBC): median 1.87, 10-90% 1.27-2.27. Used by auto_scale when an
+# overview shows fewer than 5 red cells; the detector's tolerance (0.35x-2x) covers that spread.
+WBC_PER_RBC_SIDE = 1.87
+
+
+def _median_side(xyxy: np.ndarray) -> float:
+    return float(np.median(np.sqrt((xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]))))
 
 
 def parse_scale(value) -> str | float:
@@ -241,7 +249,8 @@ class YoloDetector:
 
     def auto_scale(self, image: np.ndarray, min_rbc: int = 5) -> float:
         """The factor that brings this image's red cells to the size the detector learnt, or 1.0 (no resize)
-        where they are not over ``MAX_RBC_SIDE`` px, or too few are found in the one-tile overview."""
+        where they are not over ``MAX_RBC_SIDE`` px. With fewer than ``min_rbc`` red cells in the one-tile
+        overview the white cells' size stands in (``WBC_PER_RBC_SIDE``); with neither, 1.0."""
         import cv2
 
         h, w = image.shape[:2]
@@ -249,9 +258,13 @@ class YoloDetector:
         small = cv2.resize(image, (max(1, round(w * f0)), max(1, round(h * f0))), interpolation=cv2.INTER_AREA)
         c = self._predict(small, SmearMeta(width=small.shape[1], height=small.shape[0]))
         r = c.xyxy[c.kind == "rbc"]
-        if len(r) < min_rbc:
+        wbc = c.xyxy[c.kind == "wbc"]
+        if len(r) >= min_rbc:
+            side = _median_side(r) / f0
+        elif len(wbc):  # few red cells (a thin or white-cell-rich field): the white cells' size stands in
+            side = _median_side(wbc) / f0 / WBC_PER_RBC_SIDE
+        else:
             return 1.0
-        side = float(np.median(np.sqrt((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])))) / f0
         return TRAINED_RBC_SIDE / side if side > MAX_RBC_SIDE else 1.0
 
     def _predict_tiled(self, image: np.ndarray, meta: SmearMeta) -> Cells:
