@@ -740,10 +740,10 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
     log("train: " + ", ".join(f"{k} {v}" for k, v in data_info["train"].items()))
 
     dev = torch.device(device)
-    # channels_last: ~1.8x faster convolutions on CPU (measured, EfficientNet-Lite0 at 160 px)
     if init_ck is not None:
         model.load_state_dict({k: (v.float() if torch.is_floating_point(v) else v)
                                for k, v in init_ck["state_dict"].items()}, strict=True)
+    # channels_last: ~1.8x faster convolutions on CPU (measured, EfficientNet-Lite0 at 160 px)
     model = model.to(dev, memory_format=torch.channels_last)
     cuda = dev.type == "cuda"
     on_gpu = False
