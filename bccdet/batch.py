@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .io import IMAGE_SUFFIXES, InputError, array_to_rgb8, atomic_dir, image_size, public_mode, sha256_file, write_bytes_atomic, write_text_atomic
+from .runtime import check_review_threshold
 from .vocab import is_class_folder
 
 FORMAT = "bccdet-batch/1"
@@ -904,8 +905,10 @@ class Batch:
             raise InputError(f"unknown --backend {backend!r}; expected local or ray")
         if workers is not None and workers < 1:
             raise InputError("--workers must be at least 1")
-        if review_threshold is not None and not 0.0 <= review_threshold <= 1.0:
-            raise InputError(f"--review-threshold {review_threshold}: expected a probability in [0, 1]")
+        try:
+            self.review_threshold = check_review_threshold(review_threshold)
+        except ValueError as e:
+            raise InputError(f"--review-threshold {e}") from None
         bad = sorted(set(formats or ()) - {"coco", "geojson"})
         if bad:
             raise InputError(f"unknown --format {bad}; expected coco or geojson")
@@ -920,7 +923,6 @@ class Batch:
         self.progress = progress
         self.images = images
         self.adapt = adapt
-        self.review_threshold = None if review_threshold is None else float(review_threshold)
         self.sam_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
@@ -965,8 +967,9 @@ class Batch:
 
             # one SAM precision for the whole batch, every worker and node alike: the resumed batch's, else
             # the driver's choice for --device (bf16 where native)
-            ref = dict(default_refiner(), precision=self.sam_precision or encoder_precision("auto", self.device))
-            if ref["precision"] == "bf16" and self.sam_precision and encoder_precision("auto", self.device) != "bf16":
+            here = encoder_precision("auto", self.device)
+            ref = dict(default_refiner(), precision=self.sam_precision or here)
+            if ref["precision"] == "bf16" and here != "bf16":  # only a resumed bf16 batch gets here
                 notes.append(f"SAM runs in bf16, as when this batch started, but {self.device} here has no native "
                              "bf16: emulated, several times slower (a new --out runs fp32)")
         else:

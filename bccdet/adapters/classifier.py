@@ -692,6 +692,8 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
         raise InputError(f"select must be best or last, not {select!r}")
     if not 0.0 <= float(ema) < 1.0:
         raise InputError(f"ema must be in [0, 1), not {ema}")
+    if budget_s is not None and budget_s <= 0:
+        raise InputError(f"budget must be > 0 s, not {budget_s}")
     if isinstance(data_dirs, (str, Path)):
         data_dirs = [data_dirs]
     data_dirs = [str(Path(d)) for d in data_dirs]
@@ -808,11 +810,9 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
     def out_of_time() -> bool:
         return bool(budget_s) and time.perf_counter() - t_start >= budget_s
 
-    ema_params = ema_model_params = None
     n_ema = int(start * steps)
-    if ema_model is not None:
-        ema_params = [p for p in model.parameters()]
-        ema_model_params = [p for p in ema_model.parameters()]
+    live_params = list(model.parameters())
+    avg_params = [] if ema_model is None else list(ema_model.parameters())
 
     mean, std = rec["mean"], rec["std"]
     mean_t, std_t = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in (mean, std))
@@ -826,7 +826,7 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
         torch.manual_seed(seed * 1_000_003 + epoch)
         order = torch.multinomial(sample_w, steps * batch, replacement=True, generator=g).numpy()
         t0 = time.perf_counter()
-        tot, correct, seen = 0.0, 0, 0
+        seen = 0
         tot_t = torch.zeros((), device=dev)
         correct_t = torch.zeros((), dtype=torch.long, device=dev)
         for s in range(steps):
@@ -854,7 +854,7 @@ def train(data_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path, epo
             if ema_model is not None:  # decay warms up (timm-style) so a short run does not average its start
                 n_ema += 1
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema_model_params, ema_params, 1.0 - min(float(ema), (1 + n_ema) / (10 + n_ema)))
+                    torch._foreach_lerp_(avg_params, live_params, 1.0 - min(float(ema), (1 + n_ema) / (10 + n_ema)))
             tot_t += loss.detach() * len(idx)
             correct_t += (logits.argmax(1) == yb).sum()
             seen += len(idx)
