@@ -981,6 +981,23 @@ class Batch:
                "detector_options": self.detector_options, "formats": list(self.formats), "adapt": bool(self.adapt)}
         return models, cfg, notes
 
+    def _pinned(self, prev: dict, kind: str) -> str | None:
+        """The registered model a resumed batch started with (by name, same sha256) when it is no longer the
+        default for ``kind``; None where it is the default or is not registered any more."""
+        from .weights import WeightsError, default_name, resolve
+
+        m = (prev.get("models") or {}).get(kind) or {}
+        if not m.get("name") or m["name"] == default_name(kind):
+            return None
+        try:
+            _, name, sha = resolve(m["name"], kind)
+        except WeightsError:
+            return None
+        if sha != m.get("sha256"):
+            return None
+        self.log(f"note: {kind} {name}, as when this batch started (the default is now {default_name(kind)})")
+        return name
+
     def _state_path(self, slide: str) -> Path:
         return self.out / STATE_DIR / f"{slide}.json"
 
@@ -1302,6 +1319,12 @@ class Batch:
             self.classifier = was.get("classifier")
         if self.classify is None:
             self.classify = was.get("classify", True)
+        # a batch started with the default models resumes with those same models when a newer bccdet has
+        # other defaults (and still ships them): its fields stay comparable and nothing is redone
+        if prev is not None and self.detector is None:
+            self.detector = self._pinned(prev, "detector")
+        if prev is not None and self.classifier is None and self.classify:
+            self.classifier = self._pinned(prev, "classifier")
         if self.refine is None:
             self.refine = was.get("refine", False) if prev is not None else True  # older batches: none
         if self.formats is None:

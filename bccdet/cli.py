@@ -665,7 +665,8 @@ def evaluate_detector(
     data: Path = typer.Option(..., help="data.yaml of a converted detect/segment set."),
     weights: Optional[str] = typer.Option(None, help="Detector name or .pt (default: the registered default)."),
     split: str = typer.Option("test", help="train, val or test."),
-    imgsz: int = typer.Option(416), batch: int = typer.Option(8), device: str = device_option(),
+    imgsz: Optional[int] = typer.Option(None, help="Inference size (default: the size the model was trained at)."),
+    batch: int = typer.Option(8), device: str = device_option(),
     iou: float = typer.Option(0.6, help="NMS IoU threshold."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ):

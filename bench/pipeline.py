@@ -104,6 +104,10 @@ def main() -> None:
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     print(f"machine: {machine()}")
     prec = sorted({r["sam_precision"] for r in results if r.get("sam_precision")})
+    from bccdet.weights import resolve
+
+    _, dname, dsha = resolve(a.detector, "detector")
+    print(f"detector: {dname} ({(dsha or '')[:12]})")
     print(f"fields: BCCD test, {a.n} x 640x480, device {a.device}; SAM encoder {', '.join(prec) or '-'}")
     base = next((r["wall_ms_per_field"] for r in results if r["config"] == "detect"), None)
     head = f"{'config':<17}{'detect':>9}{'refine':>9}{'classify':>10}{'total':>9}{'wall/field':>12}{'peak RSS':>10}{'x detect':>10}"

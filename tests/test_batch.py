@@ -572,3 +572,29 @@ def test_batch_scale_option_reaches_the_detector_and_the_manifest(bccd, tiny_det
     assert rep["image"]["detector_scale"] == 0.25 and rep["image"]["width"] == 1920
     r = _invoke(tmp_path / "in" / "S", "--out", tmp_path / "o2", "--scale", "3")
     assert r.exit_code == 2 and "factor in (0, 1]" in r.output
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_models_a_batch_started_with_when_the_default_changed(bccd, tmp_path):
+    """A batch started with the default detector of an older bccdet (here: the manifest of a batch run with
+    `bccdet-yolov8n-seg`, the default before 2026-11-26) resumes with that same registered model, with a
+    note, instead of refusing because the default has changed; its new fields are analysed with it."""
+    from bccdet.weights import resolve
+
+    a = _fields(bccd, tmp_path / "in" / "A", 2)
+    a[1].rename(tmp_path / a[1].name)
+    out = tmp_path / "out"
+    r = _invoke(a[0].parent, "--out", out, "--no-refine", "--no-classify", "--no-progress")
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["models"]["detector"]["name"] == default_name("detector") != "bccdet-yolov8n-seg"
+    _, old, sha = resolve("bccdet-yolov8n-seg", "detector")
+    man["models"]["detector"] = {"name": old, "sha256": sha}  # as an older bccdet wrote it
+    (out / "manifest.json").write_text(json.dumps(man))
+    (tmp_path / a[1].name).rename(a[1])
+    r = _invoke("--out", out, "--resume", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert f"detector {old}, as when this batch started" in r.output
+    assert json.loads((out / "manifest.json").read_text())["models"]["detector"]["name"] == old
+    rep = json.loads((out / "A" / a[1].stem / "report.json").read_text())
+    assert rep["models"]["detector"]["name"] == old

@@ -258,3 +258,34 @@ def test_call_level_prior_adaptation_helps_on_another_labs_normal_cells(data_roo
     assert 30 <= t["unfamiliar"] <= 70 and "unfamiliar_images" in {f["code"] for f in t["flags"]}
     unf = [k for k, x in out["--no-adapt"].items() if x["unfamiliar"] == "1"]
     assert len(unf) == t["unfamiliar"] and all(out["--no-adapt"][k]["review"] == "1" for k in unf)
+
+
+def test_detectors_run_at_the_size_they_were_trained_at():
+    """The default detector is the 640 px model; each detector runs at its checkpoint's training size
+    unless a size is given (the old 416 px model at 416)."""
+    from bccdet.adapters.yolo import YoloDetector
+
+    assert default_name("detector") == "bccdet-yolov8n-seg640"
+    for name, size in (("bccdet-yolov8n-seg640", 640), ("bccdet-yolov8n-seg", 416)):
+        w, n, sha = resolve(name, "detector")
+        assert YoloDetector(w, name=n, sha256=sha).kw["imgsz"] == size, name
+    assert YoloDetector(w, imgsz=320).kw["imgsz"] == 320
+
+
+def test_evaluate_detector_command_on_bccd_test_fields(bccd, tmp_path, cli):
+    """`evaluate detector` with the default model on the first 12 BCCD test fields: it runs at the model's
+    own 640 px, writes box and mask metrics per class, and finds the white cells (the whole split: box
+    mAP50 0.907, WBC 0.971; weights/bccdet-yolov8n-seg640.md)."""
+    import json
+
+    from tests.test_train_smoke import _bccd_subset
+
+    sub = _bccd_subset(bccd, tmp_path / "bccd", n=(1, 1, 12))
+    assert cli("convert", "bccd", sub, "--out", tmp_path / "yolo", "--task", "segment").returncode == 0
+    r = cli("evaluate", "detector", "--data", tmp_path / "yolo/data.yaml", "--split", "test", "--json", tmp_path / "m.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["imgsz"] == 640 and m["model"]["name"] == default_name("detector")
+    assert set(m["box"]["per_class"]) == {"rbc", "wbc", "platelet"} and "mask" in m
+    assert m["box"]["per_class"]["wbc"]["mAP50"] >= 0.9 and m["box"]["mAP50"] >= 0.8, m["box"]
+    assert "box       all" in r.stdout and "mask      all" in r.stdout

@@ -200,7 +200,7 @@ class YoloDetector:
     """
 
     def __init__(self, weights: str | Path, name: str = "", sha256: str = "", device: str = "cpu",
-                 imgsz: int = 416, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
+                 imgsz: int | None = None, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
                  tile: int = 640, overlap: int = 192, scale: str | float = "auto"):
         setup_offline()
         from ultralytics import YOLO
@@ -213,7 +213,8 @@ class YoloDetector:
         self.sha256 = sha256
         self.tile, self.overlap = tile, overlap
         self.scale = parse_scale(scale)
-        self.kw = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False, retina_masks=True)
+        self.imgsz = int(imgsz) if imgsz else trained_imgsz(self.model)  # default: the size it was trained at
+        self.kw = dict(imgsz=self.imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False, retina_masks=True)
         names = self.model.names
         bad = [n for n in names.values() if n not in KINDS]
         if bad:
@@ -285,6 +286,17 @@ class YoloDetector:
         return Cells.concat(parts, meta=meta)
 
 
+def trained_imgsz(model, default: int = 416) -> int:
+    """The input size a loaded ultralytics model was trained at (its checkpoint's ``imgsz``), else ``default``."""
+    v = getattr(model, "overrides", {}).get("imgsz")
+    if isinstance(v, (list, tuple)) and v:
+        v = max(v)
+    try:
+        return int(v) if v else default
+    except (TypeError, ValueError):
+        return default
+
+
 def tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Tiles along one axis: (start, end, core_start, core_end); cores partition [0, n)."""
     if n <= tile:
@@ -302,7 +314,7 @@ def tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int
     return spans
 
 
-def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int = 416, batch: int = 8,
+def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int | None = None, batch: int = 8,
              device: str = "cpu", conf: float = 0.001, iou: float = 0.6, max_det: int = 1000) -> dict:
     """Box (and mask) precision, recall, mAP50, mAP50-95 overall and per class, plus ms per image."""
     setup_offline()
@@ -312,6 +324,7 @@ def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int = 
 
     threads = torch_threads()
     m = YOLO(str(weights))
+    imgsz = int(imgsz) if imgsz else trained_imgsz(m)  # default: the size it was trained at
     try:
         with tempfile.TemporaryDirectory() as tmp:
             r = m.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
