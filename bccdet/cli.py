@@ -53,6 +53,17 @@ def scale_option(value: Optional[str]):
         raise typer.BadParameter(str(e)) from None
 
 
+EDGE_HELP = ("Leave out red cells cut by the image border of which less than this share of the field's median "
+             "red-cell side shows (neither BCCD nor TXL-PBC labels such slivers); 0 keeps them all.")
+
+
+def edge_option(value: Optional[float]):
+    """``--edge-sliver``: a share in [0, 1); a usage error otherwise."""
+    if value is not None and not 0 <= value < 1:
+        raise typer.BadParameter(f"{value}: expected a share in [0, 1) (0 keeps every red cell at the border)")
+    return value
+
+
 SCALE_HELP = ("Detector scale: auto (an image over 960 px whose red cells measure over 200 px, a high-resolution "
               "camera's field, is analysed resized to the trained cell size), or a fixed factor in (0, 1] for images over "
               "960 px (1: never resize; smaller images are always seen whole at the detector's input size).")
@@ -156,6 +167,8 @@ def analyze(
     classifier: Optional[str] = typer.Option(None, help="Classifier name from weights/registry.json or a .pt file."),
     sam: Optional[str] = typer.Option(None, help="SAM model: a registered name (default: the registry's sam default, else LiteMedSAM), 'litemedsam' for LiteMedSAM as shipped, or a checkpoint file (our decoder fine-tune .pt, Meta's vit_b/l/h .pth)."),
     scale: str = typer.Option("auto", "--scale", callback=lambda v: scale_option(v), help=SCALE_HELP),
+    # the default is adapters.yolo.EDGE_SLIVER (not imported here: `import bccdet.cli` stays light; test_analyze.py)
+    edge_sliver: float = typer.Option(0.4, "--edge-sliver", callback=lambda v: edge_option(v), help=EDGE_HELP),
     review_threshold: Optional[float] = typer.Option(None, "--review-threshold", callback=_review_threshold,
                                                      help=REVIEW_HELP),
 ):
@@ -182,7 +195,8 @@ def analyze(
     from .pipeline import Pipeline
     from .report import write_outputs
 
-    pipe = Pipeline(detector=YoloDetector(weights, name=name, sha256=sha, device=device, scale=scale))
+    pipe = Pipeline(detector=YoloDetector(weights, name=name, sha256=sha, device=device, scale=scale,
+                                          edge_sliver=edge_sliver))
     if refine:
         from .adapters.sam import SamRefiner
 

@@ -14,7 +14,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the ``batch`` command to ``app`` (idempotent)."""
-    from .cli import REVIEW_HELP, SCALE_HELP, _err, _review_threshold, device_option, friendly, scale_option
+    from .cli import EDGE_HELP, REVIEW_HELP, SCALE_HELP, _err, _review_threshold, device_option, edge_option, friendly, scale_option
 
     if any(getattr(c, "name", None) == "batch" for c in app.registered_commands):
         return
@@ -56,6 +56,8 @@ def register(app: typer.Typer) -> None:
         conf: Optional[float] = typer.Option(None, "--conf", hidden=True, help="Detector confidence threshold (advanced)."),
         scale: Optional[str] = typer.Option(None, "--scale", callback=lambda v: scale_option(v),
                                             help=SCALE_HELP + " Default auto; --resume: the batch's own."),
+        edge_sliver: Optional[float] = typer.Option(None, "--edge-sliver", callback=lambda v: edge_option(v),
+                                                    help=EDGE_HELP + " Default 0.4; --resume: the batch's own."),
         review_threshold: Optional[float] = typer.Option(None, "--review-threshold", callback=lambda v: _review_threshold(v),
                                                          help=REVIEW_HELP + " --resume: the batch's own."),
     ):
@@ -80,13 +82,19 @@ def register(app: typer.Typer) -> None:
         from .io import check_out_dir
 
         check_out_dir(out)
-        det_opts = None if imgsz is None and conf is None and scale in (None, "auto") else {}
+        from .adapters.yolo import EDGE_SLIVER
+
+        if edge_sliver == EDGE_SLIVER:  # the default: not recorded, as --scale auto (older batches resume unchanged)
+            edge_sliver = None
+        det_opts = None if imgsz is None and conf is None and scale in (None, "auto") and edge_sliver is None else {}
         if imgsz is not None:
             det_opts["imgsz"] = imgsz
         if conf is not None:
             det_opts["conf"] = conf
         if scale not in (None, "auto"):  # recorded only when not the default: older batches resume unchanged
             det_opts["scale"] = scale
+        if edge_sliver is not None:
+            det_opts["edge_sliver"] = edge_sliver
         res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
                         device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
                         detector_options=det_opts, progress=progress, images=images, adapt=adapt,

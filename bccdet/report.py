@@ -118,7 +118,8 @@ def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict
         })
     rep = {
         "image": {"path": m.path, "width": m.width, "height": m.height,
-                  **({"detector_scale": round(float(m.scale), 4)} if m.scale != 1.0 else {})},
+                  **({"detector_scale": round(float(m.scale), 4)} if m.scale != 1.0 else {}),
+                  **({"edge_slivers_dropped": int(m.edge_dropped)} if m.edge_dropped else {})},
         "models": models,
         "cells": out_cells,
         "summary": summarize(cells),

@@ -37,6 +37,7 @@ class SmearMeta:
     height: int = 0
     mpp: float | None = None  # microns per pixel, when known
     scale: float = 1.0  # the detector saw the image resized by this factor (cells much larger than it learnt)
+    edge_dropped: int = 0  # red-cell slivers cut by the image border that the detector left out (EDGE_SLIVER)
     models: dict[str, Any] = field(default_factory=dict)
 
     @property

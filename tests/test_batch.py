@@ -298,7 +298,7 @@ def _blob_detector():
 
     class Blob(YoloDetector):
         def __init__(self):
-            self.tile, self.overlap, self.name, self.sha256, self.scale = 640, 192, "blob", "", 1.0
+            self.tile, self.overlap, self.name, self.sha256, self.scale, self.edge_sliver = 640, 192, "blob", "", 1.0, 0.0
 
         def _predict(self, image, meta):
             g = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
@@ -598,3 +598,14 @@ def test_resume_keeps_the_models_a_batch_started_with_when_the_default_changed(b
     assert json.loads((out / "manifest.json").read_text())["models"]["detector"]["name"] == old
     rep = json.loads((out / "A" / a[1].stem / "report.json").read_text())
     assert rep["models"]["detector"]["name"] == old
+
+
+def test_batch_edge_sliver_is_recorded_only_when_not_the_default(bccd, tiny_detector, tmp_path):
+    a = _fields(bccd, tmp_path / "in" / "A", 1)
+    for val, want in (("0.3", {"edge_sliver": 0.3}), ("0.4", {})):
+        out = tmp_path / f"out{val}"
+        r = _invoke(a[0].parent, "--out", out, "--detector", tiny_detector, "--no-classify", "--no-refine",
+                    "--edge-sliver", val, "--no-progress")
+        assert r.exit_code == 0, r.output
+        opts = json.loads((out / "manifest.json").read_text())["options"]["detector_options"]
+        assert {k: v for k, v in opts.items() if k == "edge_sliver"} == want

@@ -191,3 +191,27 @@ def test_rescaled_maps_cells_back_to_the_full_image():
         assert (m & truth).sum() / (m | truth).sum() > 0.95
         assert abs(int(m.sum()) - int(truth.sum())) < 0.02 * truth.sum()  # enlarged masks neither grow nor shrink
     assert cells.xyxy[0, 2] < 300 and cells.masks[0].shape[0] < 100  # the original cells are left as they were
+
+
+def test_drop_edge_slivers_leaves_out_only_thin_red_cells_at_the_border():
+    """Red cells cut by the border of which under 0.4 x the median red-cell side shows are left out (and
+    counted in meta.edge_dropped); wider border cells, inner cells and other kinds at the border stay."""
+    from bccdet.adapters.yolo import EDGE_SLIVER, drop_edge_slivers
+
+    inner = [[100 + 110 * i, 200, 200 + 110 * i, 300] for i in range(4)]  # 100 px red cells, clear of the border
+    boxes = inner + [
+        [0, 50, 30, 150],      # rbc, 30 px shown across the left border: sliver (< 40)
+        [0, 300, 60, 400],     # rbc, 60 px shown: kept
+        [600, 0, 700, 25],     # rbc, 25 px across the top border: sliver
+        [610, 455, 640, 480],  # rbc in the corner, 30 x 25: sliver
+        [0, 420, 12, 470],     # wbc, 12 px at the border: kept (white cells are wanted whole or not)
+        [300, 470, 315, 480],  # platelet at the border: kept
+    ]
+    kinds = ["rbc"] * 8 + ["wbc", "platelet"]
+    cells = Cells(xyxy=np.array(boxes, np.float32), kind=kinds, meta=SmearMeta(width=640, height=480))
+    out = drop_edge_slivers(cells)
+    assert EDGE_SLIVER == 0.4 and len(out) == 7 and out.meta.edge_dropped == 3
+    assert out.counts() == {"rbc": 5, "wbc": 1, "platelet": 1}
+    assert [0, 300, 60, 400] in out.xyxy.tolist()
+    assert len(drop_edge_slivers(cells, 0)) == 10 and drop_edge_slivers(cells, 0).meta.edge_dropped == 0
+    assert len(drop_edge_slivers(cells[np.array(kinds) != "rbc"])) == 2  # nothing to measure: unchanged
