@@ -1,7 +1,8 @@
 #!/bin/bash
 # The GPU lease of 2026-11-26 (weights/bccdet-yolov8n-seg640.md): three YOLOv8-seg runs side by side on one
 # H200, each on ultralytics' time budget (HOURS, default 0.11 = 6.6 min): n at 640 px and n at 416 px from the
-# tau-fibrils backbone, s at 640 px from scratch. 16 CPU cores shared: about 7.5 s an epoch each, 53 epochs.
+# tau-fibrils backbone, s at 640 px from scratch. GPU 98 % busy, load 15.9 on 16 cores: about 7.5 s an epoch each,
+# 53 epochs.
 #
 # Before the call, in the checkout:
 #   (cd data && zip -q -r -0 ../gpu/det/data.zip merged-seg/images/train merged-seg/images/val \

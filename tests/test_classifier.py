@@ -522,6 +522,10 @@ def test_adapt_rows_relabels_a_normal_call_and_keeps_what_each_cell_said():
     assert s["counts"] == {"neutrophil": 40, "lymphocyte": 20} and s["prior_adaptation"] is info
     flags = {f["code"]: f["message"] for f in s["flags"]}
     assert "4 when each cell is taken alone" in flags["blasts_present"]
+    for r in before[:2] + before[56:58]:  # two neutrophils and two of the blasts are unlike the training cells
+        r["unfamiliar"] = True
+    f = {f["code"]: f for f in C.summary(before)["flags"]}["blasts_present"]
+    assert f["unfamiliar"] == 2 and "(2 of them unlike the training images: less reliable): review" in f["message"]
     assert C.summary(rows)["apl_score"] == C.summary(before)["apl_score"]  # scored on the cells' own probabilities
     # too small a call is left alone
     few = _rows(p[50:60])

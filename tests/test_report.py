@@ -34,6 +34,20 @@ def test_flags_blasts_and_out_of_range():
     assert abs(sum(v["percent"] for v in s["differential"].values()) - 100) < 0.5
 
 
+def test_abnormal_flags_say_how_many_of_those_cells_are_unfamiliar():
+    """On another lab's normal blood most abnormal calls are cells unlike the training images (TXL-PBC's
+    575 px fields: 33 of 40): the flag says how many, and carries the number."""
+    labels = ["blast"] * 3 + ["smudge_cell"] * 4 + ["neutrophil"] * 13
+    c = _cells(len(labels), labels)
+    plain = {f["code"]: f for f in summarize(c)["flags"]}
+    assert "unfamiliar" not in plain["blasts_present"] and "unlike" not in plain["blasts_present"]["message"]
+    c.unfamiliar = np.array([False] + [True, True, False] + [True] * 4 + [False] * 13)
+    flags = {f["code"]: f for f in summarize(c)["flags"]}
+    assert flags["blasts_present"]["unfamiliar"] == 2 and flags["smudge_cells"]["unfamiliar"] == 4
+    assert flags["blasts_present"]["message"].startswith("3 blast(s) found (2 of them unlike the training images")
+    assert flags["blasts_present"]["message"].endswith(": review the gallery")
+
+
 def test_few_wbc_and_unclassified_flags():
     s = summarize(_cells(3))
     codes = {f["code"] for f in s["flags"]}

@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..io import InputError, expand_inputs, image_files, read_image, sha256_file, write_bytes_atomic, write_text_atomic
-from ..report import differential_base, unfamiliar_flag
+from ..report import abnormal_flag, differential_base, unfamiliar_flag
 from ..types import Cells
 from ..vocab import ABNORMAL_LABELS, LABELS, NOT_IN_DIFFERENTIAL, normalize_label
 
@@ -1483,15 +1483,16 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
     if failed:
         flags.append({"code": "unreadable", "message": f"{len(failed)} file(s) could not be read"})
     alone = Counter(r.get("label_alone", r["label"]) for r in ok)
+    unf_by = Counter(r["label"] for r in ok if r.get("unfamiliar"))
     for lab, code in (("blast", "blasts_present"), ("promyelocyte", "promyelocytes_present"),
                       ("variant_lymphocyte", "variant_lymphocytes_present")):
         if counts.get(lab) or alone.get(lab):
             msg = f"{counts[lab]} {lab.replace('_', ' ')}(s) ({diff.get(lab, 0.0)}%)"
             if alone.get(lab, 0) != counts.get(lab, 0):
                 msg += f", {alone[lab]} when each cell is taken alone"
-            flags.append({"code": code, "message": msg + ": review"})
+            flags.append(abnormal_flag(code, msg, unf_by[lab], "review"))
     if diff.get("smudge_cell", 0.0) >= 10.0:
-        flags.append({"code": "smudge_cells", "message": f"smudge cells {diff['smudge_cell']}% (>= 10%)"})
+        flags.append(abnormal_flag("smudge_cells", f"smudge cells {diff['smudge_cell']}% (>= 10%)", unf_by["smudge_cell"]))
     n_review = sum(1 for r in ok if r.get("review"))
     scored = [r for r in ok if r.get("unfamiliar") is not None]
     n_unfam = sum(1 for r in scored if r["unfamiliar"])
