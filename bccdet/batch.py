@@ -987,7 +987,8 @@ class Batch:
         from .weights import WeightsError, default_name, resolve
 
         m = (prev.get("models") or {}).get(kind) or {}
-        if not m.get("name") or m["name"] == default_name(kind):
+        default = default_name(kind)
+        if not m.get("name") or m["name"] == default:
             return None
         try:
             _, name, sha = resolve(m["name"], kind)
@@ -995,7 +996,7 @@ class Batch:
             return None
         if sha != m.get("sha256"):
             return None
-        self.log(f"note: {kind} {name}, as when this batch started (the default is now {default_name(kind)})")
+        self.log(f"note: {kind} {name}, as when this batch started (the default is now {default})")
         return name
 
     def _state_path(self, slide: str) -> Path:

@@ -104,10 +104,8 @@ def summarize(cells: Cells) -> dict[str, Any]:
             p = diff.get(lab, {"percent": 0.0})["percent"]
             if not lo <= p <= hi:
                 flags.append({"code": "differential_out_of_range", "message": f"{lab} {p}% outside the adult reference interval {lo:g}-{hi:g}%"})
-    unf = getattr(cells, "unfamiliar", None)
-    n_unf = 0
-    if unf is not None:
-        n_unf = sum(1 for k, lab, u in zip(cells.kind, cells.label, unf) if k == "wbc" and lab is not None and u)
+    n_unf = sum(unf_by.values())
+    if unf_col is not None:
         f = unfamiliar_flag(n_unf, len(typed), min_cells=1)
         if f is not None:
             flags.append(f)

@@ -247,8 +247,8 @@ class YoloDetector:
         self.tile, self.overlap = tile, overlap
         self.scale = parse_scale(scale)
         self.edge_sliver = float(edge_sliver)  # 0: keep every red cell at the border (drop_edge_slivers)
-        self.imgsz = int(imgsz) if imgsz else trained_imgsz(self.model)  # default: the size it was trained at
-        self.kw = dict(imgsz=self.imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False, retina_masks=True)
+        imgsz = int(imgsz) if imgsz else trained_imgsz(self.model)  # default: the size it was trained at
+        self.kw = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False, retina_masks=True)
         names = self.model.names
         bad = [n for n in names.values() if n not in KINDS]
         if bad:
