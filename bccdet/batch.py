@@ -978,7 +978,9 @@ class Batch:
                   "refiner": None if ref is None else {"name": ref["name"], "sha256": ref["sha256"], "precision": ref["precision"]},
                   "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]}}
         cfg = {"detector": det, "classifier": clf, "refiner": ref, "device": self.device, "tile": 640, "overlap": 192,
-               "detector_options": self.detector_options, "formats": list(self.formats), "adapt": bool(self.adapt)}
+               # a batch started before the grey border (none recorded) keeps running without it
+               "detector_options": {"border": 0, **self.detector_options}, "formats": list(self.formats),
+               "adapt": bool(self.adapt)}
         return models, cfg, notes
 
     def _pinned(self, prev: dict, kind: str) -> str | None:
@@ -1332,6 +1334,11 @@ class Batch:
             self.formats = tuple(was.get("formats", ()))
         if self.detector_options is None:
             self.detector_options = dict(was.get("detector_options", {}))
+        if prev is None or "border" in was.get("detector_options", {}):
+            from .adapters.yolo import BORDER
+
+            # recorded, so that a batch started before the detector's grey border resumes without it (_models)
+            self.detector_options.setdefault("border", BORDER)
         if self.images is None:
             self.images = was.get("images", "auto")
         if self.adapt is None:

@@ -682,9 +682,15 @@ def evaluate_detector(
     imgsz: Optional[int] = typer.Option(None, help="Inference size (default: the size the model was trained at)."),
     batch: int = typer.Option(8), device: str = device_option(),
     iou: float = typer.Option(0.6, help="NMS IoU threshold."),
+    # the defaults are adapters.yolo.BORDER and EDGE_SLIVER, as analyze runs the detector (test_analyze.py)
+    border: int = typer.Option(16, min=0, help="Grey border around each image, in network pixels, as analyze "
+                               "adds it; 0: the bare image."),
+    edge_sliver: float = typer.Option(0.4, "--edge-sliver", callback=lambda v: edge_option(v),
+                                      help=EDGE_HELP + " As analyze."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ):
-    """Box and mask precision, recall, mAP50 and mAP50-95 (overall and per class) and ms per image."""
+    """Box and mask precision, recall, mAP50 and mAP50-95 (overall and per class) and ms per image, of the
+    detector as analyze runs it (grey border, edge rule; conf 0.001 so the whole precision-recall curve counts)."""
     import json
 
     from .adapters.yolo import evaluate, format_metrics
@@ -693,7 +699,8 @@ def evaluate_detector(
     if not data.exists():
         raise InputError(f"{data}: no such data.yaml")
     w, name, sha = resolve(weights, "detector")
-    res = evaluate(w, data, split=split, imgsz=imgsz, batch=batch, device=device, iou=iou)
+    res = evaluate(w, data, split=split, imgsz=imgsz, batch=batch, device=device, iou=iou, border=border,
+                   edge_sliver=edge_sliver)
     res["model"] = {"name": name, "sha256": sha}
     typer.echo(format_metrics(res))
     if out:

@@ -1,6 +1,6 @@
 """Red-cell slivers at the image border: what the edge rule (``YoloDetector(edge_sliver=F)``) leaves out.
 
-    .venv/bin/python bench/detector_edge.py [--detector NAME|FILE] [--fracs 0,0.2,0.3,0.4,0.5]
+    .venv/bin/python bench/detector_edge.py [--detector NAME|FILE] [--fracs 0,0.2,0.3,0.4,0.5] [--border 16]
 
 On TXL-PBC val (the merged val split, where the default was chosen) and BCCD test, the detector as
 ``analyze`` runs it (conf 0.25, its own input size, tiles / auto scale) finds the red cells; each threshold
@@ -63,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--detector", default=None)
     ap.add_argument("--fracs", default="0,0.2,0.3,0.4,0.5")
+    ap.add_argument("--border", type=int, default=None, help="grey border in network px (default: BORDER)")
     a = ap.parse_args()
     from machine import machine
 
@@ -72,10 +73,12 @@ def main() -> None:
     from bccdet.weights import resolve
 
     w, name, sha = resolve(a.detector, "detector")
-    det = YoloDetector(w, name=name, sha256=sha, edge_sliver=0)
+    kw = {} if a.border is None else {"border": a.border}
+    det = YoloDetector(w, name=name, sha256=sha, edge_sliver=0, **kw)
     fracs = [float(f) for f in a.fracs.split(",")]
     print(f"machine: {machine()}")
-    print(f"detector {name} ({sha[:12]}), conf {det.kw['conf']}, imgsz {det.kw['imgsz']}; red cells, IoU 0.5")
+    print(f"detector {name} ({sha[:12]}), conf {det.kw['conf']}, imgsz {det.kw['imgsz']}, border {det.border}; "
+          "red cells, IoU 0.5")
     print(f"{'set':<13}{'F':>5}{'fields':>8}{'labelled':>10}{'matched':>9}{'unmatched':>11}{'at border: matched':>20}"
           f"{'unmatched':>11}{'count bias':>12}{'count MAE':>11}")
     for title, root, split in SETS:

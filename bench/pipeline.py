@@ -1,6 +1,6 @@
 """Benchmark the analyze pipeline on the BCCD test fields (CPU by default).
 
-    .venv/bin/python bench/pipeline.py [--n 72] [--detector NAME|FILE] [--device cpu]
+    .venv/bin/python bench/pipeline.py [--n 72] [--detector NAME|FILE] [--device cpu] [--border 16]
 
 Each configuration (detect only; + SAM refinement; + classification; all) runs in its own process so
 that its peak RSS is its own. Prints ms per field per stage, the whole, peak RSS, and the ratio of
@@ -35,7 +35,7 @@ def _fields(n: int) -> list[Path]:
     return [b / "JPEGImages" / f"{s}.jpg" for s in stems]
 
 
-def run_one(config: str, n: int, detector: str | None, device: str) -> dict:
+def run_one(config: str, n: int, detector: str | None, device: str, border: int | None = None) -> dict:
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.io import read_image
     from bccdet.pipeline import Pipeline
@@ -43,7 +43,8 @@ def run_one(config: str, n: int, detector: str | None, device: str) -> dict:
 
     refine, classify = CONFIGS[config]
     w, name, sha = resolve(detector, "detector")
-    pipe = Pipeline(detector=YoloDetector(w, name=name, sha256=sha, device=device))
+    kw = {} if border is None else {"border": border}
+    pipe = Pipeline(detector=YoloDetector(w, name=name, sha256=sha, device=device, **kw))
     if refine:
         from bccdet.adapters.sam import SamRefiner
 
@@ -85,10 +86,11 @@ def main() -> None:
     ap.add_argument("--detector", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--configs", default="detect,detect+refine,detect+classify,full")
+    ap.add_argument("--border", type=int, default=None, help="detector grey border, network px (default BORDER)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one, a.n, a.detector, a.device)))
+        print(json.dumps(run_one(a.one, a.n, a.detector, a.device, a.border)))
         return
     from machine import machine
 
@@ -97,6 +99,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", cfg, "--n", str(a.n), "--device", a.device]
         if a.detector:
             cmd += ["--detector", a.detector]
+        if a.border is not None:
+            cmd += ["--border", str(a.border)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{cfg}: skipped ({(r.stderr.strip().splitlines() or ['failed'])[-1][:120]})")
@@ -107,7 +111,9 @@ def main() -> None:
     from bccdet.weights import resolve
 
     _, dname, dsha = resolve(a.detector, "detector")
-    print(f"detector: {dname} ({(dsha or '')[:12]})")
+    from bccdet.adapters.yolo import BORDER
+
+    print(f"detector: {dname} ({(dsha or '')[:12]}), grey border {BORDER if a.border is None else a.border} px")
     print(f"fields: BCCD test, {a.n} x 640x480, device {a.device}; SAM encoder {', '.join(prec) or '-'}")
     base = next((r["wall_ms_per_field"] for r in results if r["config"] == "detect"), None)
     head = f"{'config':<17}{'detect':>9}{'refine':>9}{'classify':>10}{'total':>9}{'wall/field':>12}{'peak RSS':>10}{'x detect':>10}"

@@ -208,7 +208,12 @@ def test_edge_sliver_option_defaults_to_the_adapters_rule(cli, tmp_path):
     from bccdet.adapters.yolo import EDGE_SLIVER
     from bccdet.cli import app
 
+    from bccdet.adapters.yolo import BORDER
+
     cmd = typer.main.get_command(app).commands["analyze"]
     assert next(p for p in cmd.params if p.name == "edge_sliver").default == EDGE_SLIVER
+    ev = typer.main.get_command(app).commands["evaluate"].commands["detector"]
+    assert next(p for p in ev.params if p.name == "edge_sliver").default == EDGE_SLIVER
+    assert next(p for p in ev.params if p.name == "border").default == BORDER
     r = cli("analyze", "--sample", "--out", tmp_path, "--edge-sliver", "1")
     assert r.returncode == 2 and "expected a share in [0, 1)" in r.stderr and "Traceback" not in r.stderr

@@ -609,3 +609,32 @@ def test_batch_edge_sliver_is_recorded_only_when_not_the_default(bccd, tiny_dete
         assert r.exit_code == 0, r.output
         opts = json.loads((out / "manifest.json").read_text())["options"]["detector_options"]
         assert {k: v for k, v in opts.items() if k == "edge_sliver"} == want
+
+
+@pytest.mark.slow
+def test_a_batch_started_before_the_grey_border_resumes_without_it(bccd, tmp_path):
+    """New batches record the detector's grey border (``BORDER``) in the manifest; a batch whose manifest has
+    none (started by an older bccdet) resumes without it, so its new fields are detected as its old ones
+    were. BCCD test fields 00007 (16 red cells with the border, 18 on the bare image) and 00011 (18 and 20)."""
+    import shutil
+
+    from bccdet.adapters.yolo import BORDER
+
+    src = bccd / "JPEGImages" / "BloodImage_00007.jpg"
+    (tmp_path / "in" / "A").mkdir(parents=True)
+    shutil.copy(src, tmp_path / "in" / "A" / "f1.jpg")
+    out = tmp_path / "out"
+    r = _invoke(tmp_path / "in" / "A", "--out", out, "--no-refine", "--no-classify", "--no-progress")
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["options"]["detector_options"] == {"border": BORDER} == man["args"]["detector_options"]
+    rbc = lambda stem: json.loads((out / "A" / stem / "report.json").read_text())["summary"]["counts"]["rbc"]  # noqa: E731
+    assert rbc("f1") == 16
+    for k in ("options", "args"):  # as an older bccdet wrote it
+        man[k]["detector_options"] = {}
+    (out / "manifest.json").write_text(json.dumps(man))
+    shutil.copy(bccd / "JPEGImages" / "BloodImage_00011.jpg", tmp_path / "in" / "A" / "f2.jpg")
+    r = _invoke(tmp_path / "in" / "A", "--out", out, "--resume", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "manifest.json").read_text())["options"]["detector_options"] == {}
+    assert rbc("f2") == 20 and rbc("f1") == 16

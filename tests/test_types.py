@@ -215,3 +215,30 @@ def test_drop_edge_slivers_leaves_out_only_thin_red_cells_at_the_border():
     assert [0, 300, 60, 400] in out.xyxy.tolist()
     assert len(drop_edge_slivers(cells, 0)) == 10 and drop_edge_slivers(cells, 0).meta.edge_dropped == 0
     assert len(drop_edge_slivers(cells[np.array(kinds) != "rbc"])) == 2  # nothing to measure: unchanged
+
+
+def test_unpad_maps_cells_from_a_bordered_image_back_to_the_image():
+    """Cells found in an image with a grey border (YoloDetector's ``border``) land in the image's own pixels:
+    boxes shifted and clipped, mask crops cut at the image edge, a cell wholly in the border left out."""
+    import cv2
+
+    from bccdet.adapters.yolo import unpad
+
+    pad, h, w = 10, 120, 160
+    full = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
+    cv2.circle(full, (60, 70), 20, 1, -1)  # inside the image
+    cv2.circle(full, (15, 40), 12, 1, -1)  # reaches 7 px into the border (x 3..27 -> -7..17)
+    boxes = [[40, 50, 81, 91], [3, 28, 28, 53], [1, 100, 8, 110]]  # the last lies wholly in the border
+    masks = [full[y0:y1, x0:x1].astype(bool) for x0, y0, x1, y1 in boxes]
+    cells = Cells(xyxy=np.array(boxes, np.float32), kind=["wbc", "rbc", "platelet"], masks=masks,
+                  meta=SmearMeta(width=w + 2 * pad, height=h + 2 * pad))
+    meta = SmearMeta(path="x", width=w, height=h)
+    out = unpad(cells, pad, meta)
+    assert out.meta is meta and list(out.kind) == ["wbc", "rbc"]
+    np.testing.assert_allclose(out.xyxy, [[30, 40, 71, 81], [0, 18, 18, 43]])
+    for i in range(2):
+        x0, y0 = out.mask_offset[i]
+        mh, mw = out.masks[i].shape
+        assert x0 >= 0 and y0 >= 0 and x0 + mw <= w and y0 + mh <= h
+        truth = full[pad:pad + h, pad:pad + w].astype(bool) & Cells.full_mask(cells, i, full.shape)[pad:pad + h, pad:pad + w]
+        assert np.array_equal(out.full_mask(i), truth)
