@@ -216,6 +216,8 @@ def test_touching_cells_get_disjoint_masks(sam):
 
 
 def test_convert_bccd_with_sam_masks(bccd, tmp_path, cli):
+    """`--masks sam` gives every box a polygon; `--masks sam-wbc` (the shipped detector's labels) keeps SAM's
+    polygon for the white cells and the inscribed ellipse (`--masks ellipse`) for the others, line for line."""
     from tests.test_train_smoke import _bccd_subset
 
     sub = _bccd_subset(bccd, tmp_path / "bccd", n=(1, 1, 0))
@@ -227,5 +229,18 @@ def test_convert_bccd_with_sam_masks(bccd, tmp_path, cli):
         for line in lab.read_text().splitlines():
             vals = line.split()
             assert len(vals) > 9 and (len(vals) - 1) % 2 == 0  # class + polygon, more than a box's 4 corners
+    for m in ("sam-wbc", "ellipse"):
+        r = cli("convert", "bccd", sub, "--out", tmp_path / m, "--task", "segment", "--masks", m)
+        assert r.returncode == 0, r.stderr[-1500:]
+    n_wbc = 0
+    for lab in labels:
+        rel = lab.relative_to(tmp_path / "seg")
+        sam, mix, ell = (lab.read_text().splitlines(), (tmp_path / "sam-wbc" / rel).read_text().splitlines(),
+                         (tmp_path / "ellipse" / rel).read_text().splitlines())
+        assert len(sam) == len(mix) == len(ell)
+        for s, m, e in zip(sam, mix, ell):
+            assert m == (s if m.split()[0] == "1" else e)
+            n_wbc += m.split()[0] == "1"
+    assert n_wbc >= 2 and any(s != e for s, e in zip(sam, ell))
     bad = cli("convert", "bccd", sub, "--out", tmp_path / "x", "--task", "segment", "--masks", "blob")
     assert bad.returncode == 2 and "unknown mask source" in bad.stderr and "Traceback" not in bad.stderr

@@ -270,6 +270,20 @@ def ellipse_masks(cells: Cells) -> Cells:
     )
 
 
+def white_cells_only(cells: Cells) -> Cells:
+    """``cells`` with masks from SAM kept for the white cells and the inscribed ellipse for the others
+    (``--masks sam-wbc``). SAM has run on every box, so each white cell's mask was split from its neighbours'
+    as with ``--masks sam``. The white-cell masks are the ones measured against true outlines (wbc-seg);
+    SAM's red-cell and platelet masks on BCCD-like fields are not, and their bounding boxes stray from the
+    labelled boxes (docs/sam.md)."""
+    ell = ellipse_masks(cells)
+    w = np.asarray(cells.kind) == "wbc"
+    pick = lambda a, b: [a[i] if w[i] else b[i] for i in range(len(cells))]  # noqa: E731
+    return Cells(xyxy=cells.xyxy, kind=cells.kind, score=cells.score, masks=pick(cells.masks, ell.masks),
+                 mask_offset=pick(list(cells.mask_offset), list(ell.mask_offset)),
+                 mask_source=pick(list(cells.mask_source), list(ell.mask_source)), meta=cells.meta)
+
+
 def _progress(items, desc):
     if desc is None:
         return items
@@ -315,6 +329,9 @@ def check_out(out: str | Path, sources: Iterable[str | Path] = ()) -> None:
                               "as a whole: choose a new or empty folder")
 
 
+MASK_SOURCES = ("ellipse", "box", "sam", "sam-wbc")
+
+
 def write_yolo_detection(
     samples: Iterable[DetSample], out: Path, report: Report, task: str = "detect", masks: str = "ellipse",
     names: Sequence[str] = KINDS, extra_yaml: dict | None = None,
@@ -322,11 +339,11 @@ def write_yolo_detection(
     """Write ``out/images/<split>/``, ``out/labels/<split>/``, ``out/data.yaml`` and ``out/summary.json``."""
     if task not in ("detect", "segment"):
         raise ConversionError(f"unknown task {task!r}; expected detect or segment")
-    if task == "segment" and masks not in ("ellipse", "box", "sam"):
-        raise ConversionError(f"unknown mask source {masks!r}; expected ellipse, box or sam")
+    if task == "segment" and masks not in MASK_SOURCES:
+        raise ConversionError(f"unknown mask source {masks!r}; expected {', '.join(MASK_SOURCES)}")
     samples = list(samples)
     sam = None
-    if task == "segment" and masks == "sam" and any(not s.cells.has_masks and len(s.cells) for s in samples):
+    if task == "segment" and masks.startswith("sam") and any(not s.cells.has_masks and len(s.cells) for s in samples):
         from ..adapters.sam import SamModel
 
         sam = SamModel(precision="fp32")  # training labels must not depend on the machine's bf16
@@ -336,8 +353,10 @@ def write_yolo_detection(
             if task == "segment" and not cells.has_masks and len(cells):
                 if masks == "ellipse":
                     cells = ellipse_masks(cells)
-                elif masks == "sam":
+                elif masks in ("sam", "sam-wbc"):
                     cells = _sam_masks(sam, s, cells, report)
+                    if masks == "sam-wbc":
+                        cells = white_cells_only(cells)
                 # masks == "box": to_yolo(segments=True) writes the box as a polygon
             dst = tmp / "images" / s.split / f"{s.name}{s.image.suffix.lower()}"
             link_or_copy(s.image, dst)
