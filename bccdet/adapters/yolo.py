@@ -480,7 +480,8 @@ def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int | 
     threads = torch_threads()
     m = YOLO(str(weights))
     imgsz = int(imgsz) if imgsz else trained_imgsz(m)  # default: the size it was trained at
-    validator = _pipeline_validator(m.task, m.names, max(0, int(border)), float(edge_sliver), ref_conf)
+    border, edge_sliver = max(0, int(border)), float(edge_sliver)
+    validator = _pipeline_validator(m.task, m.names, border, edge_sliver, ref_conf)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             r = m.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
@@ -490,7 +491,7 @@ def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int | 
         restore_threads(threads)
     names = r.names if hasattr(r, "names") else m.names
     out = {"weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "iou": iou, "conf": conf,
-           "border": max(0, int(border)), "edge_sliver": float(edge_sliver),
+           "border": border, "edge_sliver": edge_sliver,
            "edge_slivers_dropped": {"all": validator.dropped, f"conf>={ref_conf:g}": validator.dropped_confident},
            "speed_ms": {k: round(float(v), 2) for k, v in (r.speed or {}).items()}}
     parts = [("box", r.box)]

@@ -276,12 +276,10 @@ def white_cells_only(cells: Cells) -> Cells:
     as with ``--masks sam``. The white-cell masks are the ones measured against true outlines (wbc-seg);
     SAM's red-cell and platelet masks on BCCD-like fields are not, and their bounding boxes stray from the
     labelled boxes (docs/sam.md)."""
-    ell = ellipse_masks(cells)
-    w = np.asarray(cells.kind) == "wbc"
-    pick = lambda a, b: [a[i] if w[i] else b[i] for i in range(len(cells))]  # noqa: E731
-    return Cells(xyxy=cells.xyxy, kind=cells.kind, score=cells.score, masks=pick(cells.masks, ell.masks),
-                 mask_offset=pick(list(cells.mask_offset), list(ell.mask_offset)),
-                 mask_source=pick(list(cells.mask_source), list(ell.mask_source)), meta=cells.meta)
+    out, ell = cells[np.arange(len(cells))], ellipse_masks(cells)
+    for i in np.flatnonzero(np.asarray(cells.kind) != "wbc"):
+        out.masks[i], out.mask_offset[i], out.mask_source[i] = ell.masks[i], ell.mask_offset[i], ell.mask_source[i]
+    return out
 
 
 def _progress(items, desc):
@@ -343,7 +341,7 @@ def write_yolo_detection(
         raise ConversionError(f"unknown mask source {masks!r}; expected {', '.join(MASK_SOURCES)}")
     samples = list(samples)
     sam = None
-    if task == "segment" and masks.startswith("sam") and any(not s.cells.has_masks and len(s.cells) for s in samples):
+    if task == "segment" and masks in ("sam", "sam-wbc") and any(not s.cells.has_masks and len(s.cells) for s in samples):
         from ..adapters.sam import SamModel
 
         sam = SamModel(precision="fp32")  # training labels must not depend on the machine's bf16
