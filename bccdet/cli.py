@@ -436,6 +436,7 @@ def train_detector(
     resume: bool = typer.Option(False, help="Resume from PROJECT/NAME/weights/last.pt."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: all torch sees; ultralytics alone uses one fewer than the CPUs)."),
     arg: List[str] = typer.Option([], "--arg", help="Extra ultralytics train argument KEY=VALUE (repeatable), e.g. close_mosaic=3."),
+    box_labels: Optional[Path] = typer.Option(None, help="A converted set of the same images whose labels give the box targets, while --data's polygons give the masks (e.g. SAM masks, labelled boxes)."),
 ):
     """Train the YOLOv8-seg detector with ultralytics (checkpoints every epoch)."""
     import yaml
@@ -443,6 +444,8 @@ def train_detector(
     from .adapters.yolo import train
 
     _check_data_yaml(data)
+    if box_labels is not None and not (box_labels / "labels").is_dir():
+        raise InputError(f"--box-labels {box_labels}: no labels/ folder there (give a converted set's root)")
     extra = {}
     for a in arg:
         k, sep, v = a.partition("=")
@@ -450,7 +453,8 @@ def train_detector(
             raise InputError(f"--arg {a!r}: expected KEY=VALUE")
         extra[k.strip()] = yaml.safe_load(v)
     best = train(data, model=model, init=init, epochs=epochs, imgsz=imgsz, batch=batch, project=project,
-                 name=name, device=device, workers=workers, fraction=fraction, resume=resume, threads=threads, **extra)
+                 name=name, device=device, workers=workers, fraction=fraction, resume=resume, threads=threads,
+                 box_labels=box_labels, **extra)
     typer.echo(f"best weights: {best}")
 
 

@@ -7,7 +7,8 @@ Equivalent to ``cli.py train detector --data $DET_DATA/data.yaml --model MODEL -
 under the device image's python3, which has torch but no polars: ultralytics' results.csv reader (its one
 use of polars while training) is replaced with the csv module, and its AMP check, which would download
 yolo26n.pt, is skipped (the run uses AMP). ``DET_DATA`` (default ``gpu/det/data/merged-seg``) is a merged-seg
-copy whose ``data.yaml`` is rewritten for that machine; runs go to ``DET_RUNS`` (default ``gpu/det/runs``).
+copy whose ``data.yaml`` is rewritten for that machine; ``DET_BOXES`` (optional) a set of the same images whose
+labels give the box targets (``--box-labels``); runs go to ``DET_RUNS`` (default ``gpu/det/runs``).
 Used by scripts/gpu_detector_lease.sh; see weights/bccdet-yolov8n-seg640.md.
 """
 
@@ -72,7 +73,8 @@ def main() -> None:
     best = train(y, model=model, init=init, epochs=int(kw.pop("epochs", 1000)), imgsz=int(imgsz), batch=int(batch),
                  project=Path(os.environ.get("DET_RUNS", "gpu/det/runs")), name=name, device=kw.pop("device", "0"),
                  workers=int(workers), threads=int(kw.pop("threads", 4)), time=float(hours),
-                 amp=kw.pop("amp", True), cache="ram", val=kw.pop("val", False), **kw)
+                 amp=kw.pop("amp", True), cache="ram", val=kw.pop("val", False),
+                 box_labels=os.environ.get("DET_BOXES") or None, **kw)
     print("done", name, best)
 
 
