@@ -265,8 +265,9 @@ def test_detectors_run_at_the_size_they_were_trained_at():
     unless a size is given (the old 416 px model at 416)."""
     from bccdet.adapters.yolo import YoloDetector
 
-    assert default_name("detector") == "bccdet-yolov8n-seg640-samwbc"
-    for name, size in (("bccdet-yolov8n-seg640-samwbc", 640), ("bccdet-yolov8n-seg640", 640), ("bccdet-yolov8n-seg", 416)):
+    assert default_name("detector") == "bccdet-yolov8n-seg640-sam"
+    for name, size in (("bccdet-yolov8n-seg640-sam", 640), ("bccdet-yolov8n-seg640-samwbc", 640),
+                       ("bccdet-yolov8n-seg640", 640), ("bccdet-yolov8n-seg", 416)):
         w, n, sha = resolve(name, "detector")
         assert YoloDetector(w, name=n, sha256=sha).kw["imgsz"] == size, name
     assert YoloDetector(w, imgsz=320).kw["imgsz"] == 320
@@ -355,7 +356,7 @@ def test_the_grey_border_keeps_red_cell_slivers_out_and_cells_inside_the_image(b
     assert n_bare - n_border >= 4 and abs(n_border - n_label) < abs(n_bare - n_label), (n_border, n_bare, n_label)
 
 
-def test_default_detector_has_the_boxes_of_seg640_and_truer_white_cell_masks(bccd, data_root):
+def test_samwbc_detector_has_the_boxes_of_seg640_and_truer_white_cell_masks(bccd, data_root):
     """`bccdet-yolov8n-seg640-samwbc` is `bccdet-yolov8n-seg640` with only its mask head re-fitted to SAM's
     white-cell outlines (`convert --masks sam-wbc`): on a BCCD field both find the same cells with the same
     boxes and scores, and on wbc-seg (CellaVision images from another lab, true whole-cell masks, never
@@ -384,3 +385,30 @@ def test_default_detector_has_the_boxes_of_seg640_and_truer_white_cell_masks(bcc
             ious[key].append(max(((m & gt).sum() / (m | gt).sum() for m in ms), default=0.0))
     mean_new, mean_old = np.mean(ious["new"]), np.mean(ious["old"])
     assert mean_new >= 0.885 and mean_new - mean_old >= 0.015, (mean_new, mean_old)
+
+
+def test_default_detector_trained_on_sam_masks_outlines_white_cells_closest_to_the_truth(data_root):
+    """The default, `bccdet-yolov8n-seg640-sam`, is seg640 fine-tuned whole on SAM masks with the labelled boxes
+    kept as box targets (`train detector --box-labels`). On wbc-seg (CellaVision images from another lab, true
+    whole-cell masks, never trained on) its own white-cell masks beat both earlier detectors' (every 5th image:
+    mean IoU 0.945 against 0.900 for the mask-head re-fit and 0.871 for seg640; all 100: 0.944 / 0.898 / 0.866,
+    bench/sam.py), and no white cell is badly outlined (worst 0.84)."""
+    from bccdet.adapters.sam_tune import wbc_seg_items
+    from bccdet.adapters.yolo import YoloDetector
+    from bccdet.types import SmearMeta
+
+    if not (data_root / "wbc-seg").is_dir():
+        pytest.skip(f"{data_root / 'wbc-seg'} absent")
+    names = ("bccdet-yolov8n-seg640-sam", "bccdet-yolov8n-seg640-samwbc", "bccdet-yolov8n-seg640")
+    assert default_name("detector") == names[0]
+    ious = {}
+    for n in names:
+        det, got = YoloDetector(resolve(n, "detector")[0], edge_sliver=0), []
+        for _, im, gt, _ in wbc_seg_items(data_root / "wbc-seg")[::5]:
+            c = det(im, SmearMeta(width=im.shape[1], height=im.shape[0]))
+            ms = [c.full_mask(i) for i in np.flatnonzero(c.kind == "wbc")]
+            got.append(max(((m & gt).sum() / (m | gt).sum() for m in ms), default=0.0))
+        ious[n] = np.array(got)
+    new, samwbc, old = (ious[n] for n in names)
+    assert new.mean() >= 0.93 and new.mean() - samwbc.mean() >= 0.03 and new.mean() - old.mean() >= 0.05, ious
+    assert new.min() >= 0.8, new
