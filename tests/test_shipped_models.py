@@ -320,10 +320,16 @@ def test_red_cell_slivers_at_the_border_are_left_out_of_the_counts(bccd, tmp_pat
         dropped += len(gone)
     assert dropped >= 2  # measured: 4 on these 6 fields
     f = "BloodImage_00346"  # with the default grey border, the one BCCD test field with a sliver left out
-    r = cli("analyze", bccd / "JPEGImages" / f"{f}.jpg", "--out", tmp_path, "--no-refine", "--no-classify")
-    assert r.returncode == 0, r.stderr
-    rep = json.loads((tmp_path / f / "report.json").read_text())
-    assert rep["image"]["edge_slivers_dropped"] == 1 and rep["summary"]["counts"]["rbc"] == 20
+    reps = {}
+    for rule in ("0.4", "0"):
+        r = cli("analyze", bccd / "JPEGImages" / f"{f}.jpg", "--out", tmp_path / rule, "--no-refine", "--no-classify",
+                "--edge-sliver", rule)
+        assert r.returncode == 0, r.stderr
+        reps[rule] = json.loads((tmp_path / rule / f / "report.json").read_text())
+    rep, every = reps["0.4"], reps["0"]
+    assert rep["image"]["edge_slivers_dropped"] == 1 and every["image"].get("edge_slivers_dropped", 0) == 0
+    assert rep["summary"]["counts"]["rbc"] == every["summary"]["counts"]["rbc"] - 1 == sum(
+        c["kind"] == "rbc" for c in rep["cells"])
 
 
 def test_the_grey_border_keeps_red_cell_slivers_out_and_cells_inside_the_image(bccd):
