@@ -437,3 +437,29 @@ def test_bccd_test_corrections_name_real_label_misses(bccd):
         assert "<name>WBC</name>" not in xml, r["image"]
         if r["action"] == "relabel":
             assert "<name>Platelets</name>" in xml
+
+
+def test_duplicate_boxes_are_dropped_and_reported(data_root, tmp_path, cli):
+    """TXL-PBC lists some cells twice (one training field: 17 of its 32 boxes); convert keeps each box once and
+    says so in the summary, so that a box-per-cell mask set (--masks sam) holds one mask per cell."""
+    stem = "c255521a08b75da09373db44e7f099c5"
+    txl = data_root / "txl-pbc"
+    if not (txl / "labels/train" / f"{stem}.txt").is_file():
+        pytest.skip("txl-pbc (with its field c255521a...) absent")
+    src = tmp_path / "txl"
+    for sub in ("images/train", "labels/train"):
+        (src / sub).mkdir(parents=True)
+    shutil.copy(txl / "data.yaml", src)
+    shutil.copy(next((txl / "images/train").glob(f"{stem}.*")), src / "images/train")
+    lines = (txl / "labels/train" / f"{stem}.txt").read_text().split("\n")
+    (src / "labels/train" / f"{stem}.txt").write_text("\n".join(lines))
+    src_rows = [ln for ln in lines if ln.strip()]
+    unique = len(set(tuple(ln.split()) for ln in src_rows))
+    assert len(src_rows) == 32 and unique == 15
+    r = cli("convert", "txl-pbc", src, "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    out = (tmp_path / f"o/labels/train/txl__{stem}.txt").read_text().split("\n")
+    out = [ln for ln in out if ln.strip()]
+    assert len(out) == unique == len(set(out))
+    s = json.loads((tmp_path / "o/summary.json").read_text())
+    assert sum(d["reason"].startswith("duplicate box") for d in s["dropped"]) == 32 - unique

@@ -424,12 +424,14 @@ def clean_boxes(
     xyxy: np.ndarray, kinds: Sequence[str], width: int, height: int, file: str | Path, report: Report,
     min_size: float = 2.0,
 ) -> tuple[np.ndarray, list[str]]:
-    """Clip boxes to the image; drop (and report) zero-size boxes and boxes wholly outside it.
+    """Clip boxes to the image; drop (and report) zero-size boxes, boxes wholly outside it, and exact duplicates
+    (a box of the same kind with the same corners as one already kept: TXL-PBC lists some cells twice, one field
+    17 of its 32 boxes).
 
     ``min_size`` is in pixels: VOC's inclusive corners make a zero-size box (xmin == xmax) 1 px wide.
     """
     xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
-    keep_b, keep_k = [], []
+    keep_b, keep_k, seen = [], [], set()
     for box, k in zip(xyxy, kinds):
         x1, y1, x2, y2 = (float(v) for v in box)
         if x2 - x1 < min_size or y2 - y1 < min_size:
@@ -442,6 +444,11 @@ def clean_boxes(
             continue
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2) and max(abs(cx1 - x1), abs(cy1 - y1), abs(cx2 - x2), abs(cy2 - y2)) > 1.0:
             report.notes.append(f"{file}: {k} box clipped to the image")
+        key = (k, cx1, cy1, cx2, cy2)
+        if key in seen:
+            report.drop(file, f"duplicate box: {k} [{x1:.0f},{y1:.0f},{x2:.0f},{y2:.0f}]")
+            continue
+        seen.add(key)
         keep_b.append([cx1, cy1, cx2, cy2])
         keep_k.append(k)
     return np.array(keep_b, np.float32).reshape(-1, 4), keep_k
