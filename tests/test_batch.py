@@ -625,10 +625,11 @@ def test_a_batch_started_before_the_grey_border_resumes_without_it(bccd, tmp_pat
     from bccdet.weights import resolve
 
     w, name, sha = resolve(None, "detector")
+    detectors = {b: YoloDetector(w, name=name, sha256=sha, border=b) for b in (BORDER, 0)}
 
     def direct(path, border):  # the detector alone, as analyze runs it, with and without the border
         img = read_image(path)
-        cells = YoloDetector(w, name=name, sha256=sha, border=border)(img, SmearMeta(width=img.shape[1], height=img.shape[0]))
+        cells = detectors[border](img, SmearMeta(width=img.shape[1], height=img.shape[0]))
         return int((cells.kind == "rbc").sum())
 
     f2_border, f2_bare = (direct(bccd / "JPEGImages" / "BloodImage_00011.jpg", b) for b in (BORDER, 0))

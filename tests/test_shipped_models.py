@@ -407,10 +407,10 @@ def test_default_detector_trained_on_sam_masks_outlines_white_cells_closest_to_t
         pytest.skip(f"{data_root / 'wbc-seg'} absent")
     names = ("bccdet-yolov8n-seg640-sam", "bccdet-yolov8n-seg640-samwbc", "bccdet-yolov8n-seg640")
     assert default_name("detector") == names[0]
-    ious = {}
+    items, ious = wbc_seg_items(data_root / "wbc-seg")[::5], {}
     for n in names:
         det, got = YoloDetector(resolve(n, "detector")[0], edge_sliver=0), []
-        for _, im, gt, _ in wbc_seg_items(data_root / "wbc-seg")[::5]:
+        for _, im, gt, _ in items:
             c = det(im, SmearMeta(width=im.shape[1], height=im.shape[0]))
             ms = [c.full_mask(i) for i in np.flatnonzero(c.kind == "wbc")]
             got.append(max(((m & gt).sum() / (m | gt).sum() for m in ms), default=0.0))
