@@ -264,7 +264,7 @@ def _finish(report, out: Path, samples, writer, **kw) -> None:
 _OUT = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically when complete).")
 _TASK = typer.Option("detect", help="detect (boxes) or segment (polygons).")
 _MASKS = typer.Option("ellipse", help="For segment: masks from boxes: ellipse (inscribed), box, sam (LiteMedSAM box "
-                      "prompts; ~1 s per image on CPU), or sam-wbc (SAM's masks for white cells only, ellipses for the rest).")
+                      "prompts; 1-3 s per image on a 2-core CPU), or sam-wbc (SAM's masks for white cells only, ellipses for the rest).")
 _SEED = typer.Option(0, help="Seed of the random split (deterministic).")
 
 
