@@ -33,6 +33,8 @@ def _bad_inputs(d: Path, smear: Path) -> dict[str, Path]:
     cases["text"].write_text("this is not an image\n")
     cases["huge"] = d / "huge.png"
     Image.new("L", (20000, 20000)).save(cases["huge"])
+    cases["tiny"] = d / "tiny.png"  # upscaled to the detector's input, noise once gave 1 WBC and 2 RBC
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (3, 3, 3), dtype=np.uint8)).save(cases["tiny"])
     return cases
 
 
@@ -72,6 +74,7 @@ def test_bad_inputs_one_line_each_and_others_processed(tiny_detector, smear, tmp
     for key, p in bad.items():
         assert sum(str(p) in ln for ln in errors) == 1, (key, r.stderr)
     assert any("above the" in ln and "huge.png" in ln for ln in errors)
+    assert any("below the 16 px minimum" in ln and "tiny.png" in ln for ln in errors)
     assert (tmp_path / "out/BloodImage_00007/report.json").exists()  # the good image was still processed
     n = len(bad)  # a run of several images says where it is: [i/n] on every line (the empty folder has none)
     assert r.stdout.splitlines()[0].startswith(f"[1/{n}] ")

@@ -30,19 +30,19 @@ def test_truncated_jpeg(tmp_path):
 
 
 def test_modes_become_rgb8(tmp_path):
-    g = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (10, 1))
+    g = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
     Image.fromarray(g, "L").save(tmp_path / "g.png")
     a = read_image(tmp_path / "g.png")
-    assert a.shape == (10, 64, 3) and a.dtype == np.uint8 and np.array_equal(a[..., 0], g)
+    assert a.shape == (16, 64, 3) and a.dtype == np.uint8 and np.array_equal(a[..., 0], g)
 
-    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 0] = 200
-    rgba[:4, :, 3] = 255  # top half opaque red, bottom half transparent -> white
+    rgba[:8, :, 3] = 255  # top half opaque red, bottom half transparent -> white
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     a = read_image(tmp_path / "a.png")
-    assert tuple(a[0, 0]) == (200, 0, 0) and tuple(a[7, 7]) == (255, 255, 255)
+    assert tuple(a[0, 0]) == (200, 0, 0) and tuple(a[15, 15]) == (255, 255, 255)
 
-    g16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600).astype(np.uint16)
+    g16 = (np.arange(400, dtype=np.uint16).reshape(20, 20) % 100 * 600).astype(np.uint16)
     Image.fromarray(g16).save(tmp_path / "g16.png")
     a = read_image(tmp_path / "g16.png")
     assert a.dtype == np.uint8 and a.max() == round(99 * 600 / 65535 * 255)
@@ -61,6 +61,18 @@ def test_huge_image_refused_without_decoding(tmp_path):
     Image.new("L", (20000, 20000)).save(p, optimize=False)
     with pytest.raises(InputError, match="above the"):
         read_image(p)
+
+
+def test_images_too_small_to_show_a_cell_are_refused(tmp_path):
+    import tifffile
+
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "t.png")
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((15, 200, 3), np.uint16))
+    for f in ("t.png", "t.tif"):
+        with pytest.raises(InputError, match="below the 16 px minimum side"):
+            read_image(tmp_path / f)
+    Image.fromarray(np.zeros((16, 28, 3), np.uint8)).save(tmp_path / "ok.png")  # 28 px thumbnails still read
+    assert read_image(tmp_path / "ok.png").shape == (16, 28, 3)
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):

@@ -34,6 +34,11 @@ def test_shipped_detector_finds_the_wbc_in_bccd_test_fields(bccd):
         hits += bool(len(ious)) and ious.max() >= 0.5
         assert cells.counts()["rbc"] >= 5, s  # every BCCD field is full of red cells
         assert cells.has_masks and set(cells.mask_source) == {"yolo"}
+        if s == stems[0]:  # a meta without the image's size (or none) gives the same cells, not none at all
+            for meta in (SmearMeta(path=s), None):
+                again = det(img, meta)
+                assert len(again) == len(cells) and np.allclose(again.xyxy, cells.xyxy)
+                assert (again.meta.width, again.meta.height) == (img.shape[1], img.shape[0])
     assert hits == len(stems), f"WBC found in {hits}/{len(stems)} fields"
 
 

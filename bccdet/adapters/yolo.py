@@ -406,7 +406,13 @@ class YoloDetector:
         h, w = image.shape[:2]
         return self._predict(image, meta) if max(h, w) <= 1.5 * self.tile else self._predict_tiled(image, meta)
 
-    def __call__(self, image: np.ndarray, meta: SmearMeta) -> Cells:
+    def __call__(self, image: np.ndarray, meta: SmearMeta | None = None) -> Cells:
+        h, w = np.asarray(image).shape[:2]
+        if meta is None:
+            meta = SmearMeta(width=w, height=h)
+        elif (meta.width, meta.height) != (w, h):
+            # the meta's size is where boxes are clipped: a meta without one (SmearMeta(path=...)) once gave no cells
+            meta = dataclasses.replace(meta, width=w, height=h)
         return drop_edge_slivers(self._cells(image, meta), self.edge_sliver)
 
     def _cells(self, image: np.ndarray, meta: SmearMeta) -> Cells:
