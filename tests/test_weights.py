@@ -79,3 +79,20 @@ def test_device_option_is_checked_before_any_work():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is visible"):
             check_device("cuda")
+
+
+def test_a_file_that_is_not_a_detector_says_what_it_is(tmp_path):
+    """Our classifier or SAM checkpoint passed as --detector once gave ultralytics' advice to use yolo26n.pt."""
+    from bccdet.adapters.yolo import YoloDetector
+    from bccdet.io import InputError
+
+    wdir = W.WEIGHTS_DIR
+    for f, what in (("bccdet-effnetl0-wbc.pt", "classifier checkpoint (pass it as --classifier)"),
+                    ("bccdet-litemedsam-blood.pt", "SAM checkpoint (pass it as --sam)")):
+        with pytest.raises(InputError, match=r"not an ultralytics YOLO detector checkpoint; it is a .*" + what.replace("(", r"\(").replace(")", r"\)")):
+            YoloDetector(wdir / f)
+    (tmp_path / "notes.md").write_text("# not a model\n")
+    with pytest.raises(InputError, match="not an ultralytics YOLO detector checkpoint"):
+        YoloDetector(tmp_path / "notes.md")
+    with pytest.raises(InputError, match="no such detector weights file"):
+        YoloDetector(tmp_path / "missing.pt")

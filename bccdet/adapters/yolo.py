@@ -13,6 +13,38 @@ import numpy as np
 from ..types import KINDS, Cells, SmearMeta
 
 
+def load_yolo(weights: str | Path):
+    """``ultralytics.YOLO`` for a detector checkpoint, or an ``InputError`` that says what the file is instead
+    (our classifier checkpoint passed as ``--detector`` once gave ultralytics' advice to use its yolo26n.pt)."""
+    setup_offline()
+    from ultralytics import YOLO
+
+    from ..io import InputError
+
+    p = Path(weights)
+    if p.suffix in (".pt", ".pth") and not p.is_file():
+        raise InputError(f"{p}: no such detector weights file")
+    try:
+        m = YOLO(str(weights))
+        m.names  # an exported format (or a file ultralytics cannot read) only loads here
+        return m
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is not a detector we can run
+        what = ""
+        if p.is_file():
+            try:
+                import torch
+
+                ck = torch.load(p, map_location="cpu", weights_only=True)
+                if isinstance(ck, dict) and str(ck.get("format", "")).startswith("bccdet-classifier"):
+                    what = "a bccdet classifier checkpoint (pass it as --classifier)"
+                elif isinstance(ck, dict) and ("mask_decoder" in ck or any(str(k).startswith("mask_decoder.") for k in ck)):
+                    what = "a SAM checkpoint (pass it as --sam)"
+            except Exception:  # noqa: BLE001
+                pass
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"{p}: not an ultralytics YOLO detector checkpoint" + (f"; it is {what}" if what else f" ({msg})")) from None
+
+
 def setup_offline() -> None:
     """Keep ultralytics from touching the network: YOLO_OFFLINE, no telemetry, a local font for plots.
 
@@ -360,13 +392,10 @@ class YoloDetector:
                  imgsz: int | None = None, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
                  tile: int = 640, overlap: int = 192, scale: str | float = "auto", edge_sliver: float = EDGE_SLIVER,
                  border: int = BORDER):
-        setup_offline()
-        from ultralytics import YOLO
-
         from ..runtime import tune_malloc
 
         tune_malloc()
-        self.model = YOLO(str(weights))
+        self.model = load_yolo(weights)
         self.name = name or Path(weights).stem
         self.sha256 = sha256
         self.tile, self.overlap = tile, overlap
@@ -586,10 +615,8 @@ def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int | 
     setup_offline()
     import tempfile
 
-    from ultralytics import YOLO
-
     threads = torch_threads()
-    m = YOLO(str(weights))
+    m = load_yolo(weights)
     imgsz = int(imgsz) if imgsz else trained_imgsz(m)  # default: the size it was trained at
     border, edge_sliver = max(0, int(border)), float(edge_sliver)
     validator = _pipeline_validator(m.task, m.names, border, edge_sliver, ref_conf)
