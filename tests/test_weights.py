@@ -96,3 +96,7 @@ def test_a_file_that_is_not_a_detector_says_what_it_is(tmp_path):
         YoloDetector(tmp_path / "notes.md")
     with pytest.raises(InputError, match="no such detector weights file"):
         YoloDetector(tmp_path / "missing.pt")
+    from bccdet.adapters.sam import SamModel
+
+    with pytest.raises(InputError, match="not a litemedsam checkpoint"):  # a YOLO .pt as --sam: was an UnpicklingError
+        SamModel(wdir / "bccdet-yolov8n-seg.pt")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,7 @@ class SamModel:
                 self.minmax = False
             else:
                 raise SamError(f"unknown SAM model type {model_type!r}; expected {LITEMEDSAM} or one of {sorted(OFFICIAL_SAM)}")
-        except (RuntimeError, KeyError, OSError) as e:
+        except (RuntimeError, KeyError, OSError, pickle.UnpicklingError) as e:  # Unpickling: e.g. a YOLO .pt
             if isinstance(e, SamError):
                 raise
             raise SamError(f"{path}: not a {model_type} checkpoint ({str(e).splitlines()[0][:200]})") from None
