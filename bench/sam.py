@@ -1,12 +1,18 @@
 """SAM box prompts on wbc-seg (whole-cell masks): IoU / Dice from the true box and a jittered box, and CPU time.
 
     .venv/bin/python bench/sam.py [--limit N] [--modes field256,win128,win192,win256] [--threads 2]
+                                  [--sam default] [--shrink 0.2]
 
 Modes: ``field256`` (whole image encoded once) or ``win<px>[c<context>]`` (a window per cell, ``context``
 box sides around the box per side; default the adapter's WINDOW_CONTEXT), ``@g`` the prompt
 box grown by g box sides per side (default: the adapter's PROMPT_GROW). IoU/Dice per mode: (a) the ground-truth box (tight box of the whole-cell mask), (b) each side moved by
 up to +-10% of the box size (uniform, seed 0). Timing: encoder ms and decode ms per box for 1, 10 and
 50 boxes on one 640x480 BCCD field, in the same run. Prints a table and the machine.
+
+``--sam default`` scores the refiner's registered model (our fine-tuned decoder) instead of LiteMedSAM as
+shipped. ``--shrink F`` resizes every image (area interpolation) and its mask (nearest) by F first: at 0.2
+a wbc-seg white cell's box is ~30 px and its window ~50 px, the size of a platelet on a BCCD field, so the
+window size for small cells (``win64`` against ``win128``) can be scored against true outlines.
 """
 
 from __future__ import annotations
@@ -29,6 +35,21 @@ def score(pred_crop, off, gt):
     inter = (full & gt).sum()
     union = (full | gt).sum()
     return inter / union, 2 * inter / (full.sum() + gt.sum())
+
+
+def shrink_items(items, f: float):
+    """Images (area) and true masks (nearest) resized by ``f``; boxes from the resized masks."""
+    import cv2
+
+    from bccdet.adapters.sam_tune import tight_box
+
+    out = []
+    for name, img, gt, _ in items:
+        h, w = gt.shape
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        g = cv2.resize(gt.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        out.append((name, cv2.resize(img, size, interpolation=cv2.INTER_AREA), g, tight_box(g)))
+    return out
 
 
 def run_mode(model, items, mode, rng_seed=0):
@@ -137,6 +158,8 @@ def main():
     ap.add_argument("--precision", default="fp32", help="image encoder: fp32, bf16 or auto (bf16 where native)")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--detector", default=None, help="(c) detector vs refined masks: a detector name or .pt ('default': the registered one)")
+    ap.add_argument("--sam", default=None, help="'default': the refiner's registered model; a file; unset: LiteMedSAM as shipped")
+    ap.add_argument("--shrink", type=float, default=1.0, help="resize images and masks by this factor first")
     a = ap.parse_args()
     import torch
 
@@ -152,11 +175,20 @@ def main():
     root = dataset("wbc-seg")
     if root is None:
         sys.exit("wbc-seg absent: set BCCDET_DATA or put the data sets in ../shared/datasets")
-    model = SamModel(precision=a.precision)
+    if a.sam == "default":
+        from bccdet.adapters.sam import default_refiner
+
+        d = default_refiner()
+        model = SamModel(d["path"], sha256=d["sha256"], precision=a.precision)
+    else:
+        model = SamModel(a.sam, precision=a.precision)
     items = wbc_seg_items(root, a.limit)
+    if a.shrink != 1.0:
+        items = shrink_items(items, a.shrink)
     print(describe())
-    print(f"LiteMedSAM on wbc-seg ({len(items)} images, whole-cell masks), torch threads {torch.get_num_threads()}, "
-          f"encoder {model.precision}")
+    sides = [max(b[2] - b[0], b[3] - b[1]) for _, _, _, b in items]
+    print(f"{model.name} on wbc-seg ({len(items)} images, whole-cell masks, shrunk x{a.shrink}: median box side "
+          f"{np.median(sides):.0f} px), torch threads {torch.get_num_threads()}, encoder {model.precision}")
     print(f"{'mode':<10}{'IoU(a)':>8}{'Dice(a)':>9}{'min(a)':>8}{'IoU(b)':>8}{'Dice(b)':>9}{'min(b)':>8}{'ms/img':>9}")
     for mode in filter(None, a.modes.split(",")):
         r, ms = run_mode(model, items, mode)
