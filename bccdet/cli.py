@@ -65,8 +65,10 @@ def edge_option(value: Optional[float]):
 
 
 SCALE_HELP = ("Detector scale: auto (an image over 960 px whose red cells measure over 200 px, a high-resolution "
-              "camera's field, is analysed resized to the trained cell size), or a fixed factor in (0, 1] for images over "
-              "960 px (1: never resize; smaller images are always seen whole at the detector's input size).")
+              "camera's field, is analysed resized to the trained cell size; an image whose red cells come out under "
+              "45 px at the detector's input, a low-magnification field, is analysed again upscaled, in tiles), or a "
+              "fixed factor in (0, 1] for images over 960 px (1: never resize; smaller images are always seen whole at "
+              "the detector's input size).")
 
 
 def device_option(help: str = "cpu, cuda or cuda:N.") -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 from pathlib import Path
@@ -295,14 +296,26 @@ def results_to_cells(result, meta: SmearMeta, names: dict | None = None) -> Cell
 
 
 # Median red-cell box side (sqrt of the box area) in a 640 x 480 BCCD field: the scale the detector
-# learnt, relative to a 640 px tile. Measured recall on BCCD test holds from 0.35x to 2x that size
-# (red cells 36-172 px in a 640 px tile) and drops at 3x (RBC recall 0.85 -> 0.43).
+# learnt, relative to a 640 px tile. Measured recall on BCCD test holds up to 2x that size (red cells to
+# 172 px in a 640 px tile) and drops at 3x (RBC recall 0.85 -> 0.43); below it, see MIN_RBC_SIDE.
 TRAINED_RBC_SIDE = 100.0
 MAX_RBC_SIDE = 2.0 * TRAINED_RBC_SIDE
 # A WBC box side over the median red-cell box side of the same BCCD field (labels of the 339 train / val /
 # test fields with 5+ red cells and a WBC): median 1.87, 10-90% 1.27-2.27. Used by auto_scale when an
 # overview shows fewer than 5 red cells; the detector's tolerance (0.35x-2x) covers that spread.
 WBC_PER_RBC_SIDE = 1.87
+# Cells too small for the detector (a low-magnification objective or camera): a 640 x 480 image holding a
+# 3 x 3 mosaic of BCCD fields (red cells ~34 px) gave recall RBC 0.64 / WBC 0.74 / platelets 0.47, a 4 x 4 one
+# (~25 px) 0.04 / 0.42 / 0.09, against 0.83 / 1.00 / 0.93 at the fields' own size; 2 x 2 (~51 px) held
+# (0.85 / 1.00 / 0.86). Where the median red cell found measures under MIN_RBC_SIDE network px, `scale="auto"`
+# upscales the image so that it measures UPSCALE_RBC_SIDE px in a tile and detects again, in tiles: 3 x 3
+# 0.86 / 1.00 / 0.94, 4 x 4 0.85 / 1.00 / 0.87 (bench/detector_scale.py, factors below 1). Bringing it to 100 px
+# instead cost 1.7x the time for the same recall. The training fields' red cells measure 99-148 network px
+# (BCCD 640 x 480 and TXL-PBC's sources), so none of them is upscaled.
+MIN_RBC_SIDE = 45.0
+UPSCALE_RBC_SIDE = 75.0
+MAX_UPSCALE = 4.0
+UPSCALE_MAX_PIXELS = 48_000_000
 
 
 # A red cell cut by the image border is left out when what shows of it, across that border, is under this
@@ -386,6 +399,10 @@ class YoloDetector:
     size; where red cells would be over ``MAX_RBC_SIDE`` px at full resolution, the image is analysed
     resized to bring them to ``TRAINED_RBC_SIDE`` and the cells are mapped back to full resolution
     (``meta.scale`` records the factor). A number fixes the factor; 1 never resizes.
+
+    ``scale="auto"`` also covers the opposite case, cells smaller than it learnt (a low-magnification
+    field): where the median red cell found measures under ``MIN_RBC_SIDE`` px at the network's input, the
+    image is upscaled (:meth:`upscale_factor`) and detected again in tiles; ``meta.scale`` is then over 1.
     """
 
     def __init__(self, weights: str | Path, name: str = "", sha256: str = "", device: str = "cpu",
@@ -445,6 +462,43 @@ class YoloDetector:
         return drop_edge_slivers(self._cells(image, meta), self.edge_sliver)
 
     def _cells(self, image: np.ndarray, meta: SmearMeta) -> Cells:
+        c = self._cells_at_scale(image, meta)
+        g = self.upscale_factor(c, image.shape[:2]) if self.scale == "auto" else 1.0
+        if g <= 1.0:
+            return c
+        import cv2
+
+        h, w = image.shape[:2]
+        big = cv2.resize(image, (round(w * g), round(h * g)), interpolation=cv2.INTER_LINEAR)
+        fx = big.shape[1] / w
+        inner = SmearMeta(path=meta.path, width=big.shape[1], height=big.shape[0])
+        return self._predict_tiled(big, inner).rescaled(fx, dataclasses.replace(meta, scale=fx))
+
+    def upscale_factor(self, cells: Cells, shape: tuple[int, int], min_rbc: int = 5) -> float:
+        """> 1 when the cells found are too small for the detector (a low-magnification camera): the factor
+        that brings the median red cell to ``UPSCALE_RBC_SIDE`` px in a tile, where the red cells of ``cells``
+        measure under ``MIN_RBC_SIDE`` network px. Capped at ``MAX_UPSCALE`` and ``UPSCALE_MAX_PIXELS``.
+        With fewer than ``min_rbc`` red cells the white cells' size stands in (``WBC_PER_RBC_SIDE``); with
+        neither, or in an image already resized down, 1.0."""
+        if cells.meta.scale != 1.0 or not len(cells):
+            return 1.0
+        h, w = shape
+        r = cells.xyxy[cells.kind == "rbc"]
+        wbc = cells.xyxy[cells.kind == "wbc"]
+        if len(r) >= min_rbc:
+            side = _median_side(r)
+        elif len(wbc):
+            side = _median_side(wbc) / WBC_PER_RBC_SIDE
+        else:
+            return 1.0
+        # network px per image px: a field is letterboxed whole into imgsz; a larger image is seen in tiles
+        net = self.kw["imgsz"] / (max(h, w) if max(h, w) <= 1.5 * self.tile else self.tile)
+        if side * net >= MIN_RBC_SIDE:
+            return 1.0
+        g = min(UPSCALE_RBC_SIDE / max(side, 1.0), MAX_UPSCALE, math.sqrt(UPSCALE_MAX_PIXELS / (h * w)))
+        return g if g * max(h, w) > 1.5 * self.tile and g > 1.05 else 1.0
+
+    def _cells_at_scale(self, image: np.ndarray, meta: SmearMeta) -> Cells:
         h, w = image.shape[:2]
         if max(h, w) <= 1.5 * self.tile:
             return self._predict(image, meta)
