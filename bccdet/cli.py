@@ -247,7 +247,8 @@ def analyze(
         c = rep["summary"]["counts"]
         sc = rep["image"].get("detector_scale")
         typer.echo(f"{at}{p}: {c['rbc']} RBC, {c['wbc']} WBC, {c['platelet']} platelets "
-                   + (f"(large cells: detected at {sc:.2f}x) " if sc else "")
+                   + ((f"(large cells: detected at {sc:.2f}x) " if sc < 1 else f"(small cells: detected upscaled {sc:.2f}x) ")
+                      if sc else "")
                    + f"({pipe.timings['total']:.0f} ms) -> {out / stem}/report.html")
     if failed:
         raise typer.Exit(1)
