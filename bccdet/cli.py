@@ -440,6 +440,7 @@ def train_detector(
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: all torch sees; ultralytics alone uses one fewer than the CPUs)."),
     arg: List[str] = typer.Option([], "--arg", help="Extra ultralytics train argument KEY=VALUE (repeatable), e.g. close_mosaic=3."),
     box_labels: Optional[Path] = typer.Option(None, help="A converted set of the same images whose labels give the box targets, while --data's polygons give the masks (e.g. SAM masks, labelled boxes)."),
+    gray: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of training images turned grey after the colour augmentation (monochrome cameras)."),
 ):
     """Train the YOLOv8-seg detector with ultralytics (checkpoints every epoch)."""
     import yaml
@@ -457,7 +458,7 @@ def train_detector(
         extra[k.strip()] = yaml.safe_load(v)
     best = train(data, model=model, init=init, epochs=epochs, imgsz=imgsz, batch=batch, project=project,
                  name=name, device=device, workers=workers, fraction=fraction, resume=resume, threads=threads,
-                 box_labels=box_labels, **extra)
+                 box_labels=box_labels, gray=gray, **extra)
     typer.echo(f"best weights: {best}")
 
 

@@ -81,3 +81,26 @@ def test_train_detector_refuses_box_labels_without_labels(tmp_path, cli):
             "--project", tmp_path / "runs", "--epochs", "1")
     assert r.returncode == 2 and "no labels/ folder" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_gray_augment_turns_the_given_share_grey_and_is_undone():
+    from bccdet.adapters.yolo import GrayAugment, setup_offline
+
+    setup_offline()
+    from ultralytics.data.augment import RandomHSV
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(400)]
+    hsv = RandomHSV(0.1, 0.5, 0.3)
+    np.random.seed(0)
+
+    def grey(im):
+        return bool((im[..., 0] == im[..., 1]).all() and (im[..., 1] == im[..., 2]).all())
+
+    with GrayAugment(0.25):
+        out = [hsv({"img": im.copy()})["img"] for im in imgs]
+    share = np.mean([grey(im) for im in out])
+    assert 0.18 < share < 0.32, share
+    assert not any(grey(hsv({"img": im.copy()})["img"]) for im in imgs[:50])  # patch undone on exit
+    with pytest.raises(ValueError):
+        GrayAugment(1.5)
