@@ -190,6 +190,16 @@ def _int_full_scale(a: np.ndarray, nbits: int) -> float:
     return float(2 ** nbits - 1)
 
 
+def is_grey(image: np.ndarray, tol: int = 2) -> bool:
+    """True when an RGB image has no colour: every pixel's channels within ``tol`` of each other (a grey
+    image read as RGB, a monochrome camera). Checked on every 4th pixel of every 4th row."""
+    a = np.asarray(image)
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
+        return True
+    s = a[::4, ::4, :3].astype(np.int16)
+    return bool(np.abs(s[..., 0] - s[..., 1]).max() <= tol and np.abs(s[..., 1] - s[..., 2]).max() <= tol)
+
+
 def array_to_rgb8(a) -> np.ndarray:
     """An image array (gray, (h, w, 1), RGB, RGBA, 16-bit, float in 0..1) -> contiguous RGB uint8;
     alpha is composited on white, as :func:`read_image` does."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import is_grey
 from .stages import Classifier, Detector, Refiner
 from .types import Cells, SmearMeta
 
@@ -31,7 +32,7 @@ class Pipeline:
 
     def run(self, image: np.ndarray, path: str | Path = "") -> Cells:
         h, w = image.shape[:2]
-        meta = SmearMeta(path=str(path), width=w, height=h)
+        meta = SmearMeta(path=str(path), width=w, height=h, grey=is_grey(image))
         self.timings = {}
         t0 = time.perf_counter()
         cells = self.detector(image, meta)

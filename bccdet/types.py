@@ -39,6 +39,7 @@ class SmearMeta:
     scale: float = 1.0  # the detector saw the image resized by this factor (cells much larger than it learnt)
     edge_dropped: int = 0  # red-cell slivers cut by the image border that the detector left out (EDGE_SLIVER)
     models: dict[str, Any] = field(default_factory=dict)
+    grey: bool = False  # the image has no colour (three equal channels: a monochrome camera, a grey scan)
 
     @property
     def shape(self) -> tuple[int, int]:

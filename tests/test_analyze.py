@@ -91,6 +91,8 @@ def test_odd_but_valid_images_all_succeed(tiny_detector, smear, tmp_path, cli):
         rep = json.loads((tmp_path / "out" / p.stem / "report.json").read_text())
         want = (640, 480) if key != "exif" else (480, 640)  # EXIF orientation 6: shown rotated
         assert (rep["image"]["width"], rep["image"]["height"]) == want, key
+        codes = [f["code"] for f in rep["summary"]["flags"]]
+        assert ("grey_image" in codes) == (key == "gray"), (key, codes)  # a grey image is read, and said to be
 
 
 def test_a_folder_is_its_images_and_an_earlier_report_inside_it_is_not(tiny_detector, smear, tmp_path, cli):
