@@ -82,7 +82,7 @@ def test_shipped_detector_finds_large_cells_of_a_high_resolution_field(bccd):
 def test_shipped_detector_finds_small_cells_of_a_low_magnification_field(bccd):
     """Nine BCCD test fields side by side, shrunk into one 640 x 480 image (red cells ~34 px, as a
     lower-magnification objective would give): the detector sees its red cells are too small, upscales the
-    image and detects again in tiles. Seen as they are, a third of the red cells and most platelets were lost
+    image and detects again in tiles. Seen as they are, about half of the red cells and platelets were lost
     (bench/detector_scale.py)."""
     import xml.etree.ElementTree as ET
 

@@ -349,14 +349,14 @@ MAX_RBC_SIDE = 2.0 * TRAINED_RBC_SIDE
 # test fields with 5+ red cells and a WBC): median 1.87, 10-90% 1.27-2.27. Used by auto_scale when an
 # overview shows fewer than 5 red cells; the detector's tolerance (0.35x-2x) covers that spread.
 WBC_PER_RBC_SIDE = 1.87
-# Cells too small for the detector (a low-magnification objective or camera): a 640 x 480 image holding a
-# 3 x 3 mosaic of BCCD fields (red cells ~34 px) gave recall RBC 0.64 / WBC 0.74 / platelets 0.47, a 4 x 4 one
-# (~25 px) 0.04 / 0.42 / 0.09, against 0.83 / 1.00 / 0.93 at the fields' own size; 2 x 2 (~51 px) held
-# (0.85 / 1.00 / 0.86). Where the median red cell found measures under MIN_RBC_SIDE network px, `scale="auto"`
-# upscales the image so that it measures UPSCALE_RBC_SIDE px in a tile and detects again, in tiles: 3 x 3
-# 0.86 / 1.00 / 0.94, 4 x 4 0.85 / 1.00 / 0.87 (bench/detector_scale.py, factors below 1). Bringing it to 100 px
-# instead cost 1.7x the time for the same recall. The training fields' red cells measure 99-148 network px
-# (BCCD 640 x 480 and TXL-PBC's sources), so none of them is upscaled.
+# Cells too small for the detector (a low-magnification objective or camera). bench/detector_scale.py puts
+# k x k BCCD test fields into one 640 x 480 image (all 72 in turn): seen as they are, recall RBC / WBC /
+# platelets was 0.74 / 0.87 / 0.52 at 3 x 3 (red cells ~34 px) and 0.03 / 0.43 / 0.07 at 4 x 4 (~25 px), against
+# 0.83 / 1.00 / 0.93 for the fields themselves, while 2 x 2 (~51 px) held (0.91 / 1.00 / 0.90). Where the median
+# red cell found measures under MIN_RBC_SIDE network px, `scale="auto"` upscales the image so that it measures
+# UPSCALE_RBC_SIDE px in a tile and detects again, in tiles: 3 x 3 0.92 / 1.00 / 0.97, 4 x 4 0.88 / 1.00 / 0.84.
+# Bringing it to 100 px instead cost 1.7x the time for the same recall (first 36 fields). The training fields'
+# red cells measure 99-148 network px (BCCD 640 x 480 and TXL-PBC's sources), so none of them is upscaled.
 MIN_RBC_SIDE = 45.0
 UPSCALE_RBC_SIDE = 75.0
 MAX_UPSCALE = 4.0
