@@ -300,7 +300,7 @@ def test_classify_paths_reports_unreadable_files(trained, tmp_path):
     bad = {r["file"].rsplit("/", 1)[-1]: r for r in rows if not r["label"]}
     assert set(bad) == {"broken.png", "empty.jpg", "dot.png", "strip.png"}
     assert "not a readable image" in bad["broken.png"]["reason"] and "empty" in bad["empty.jpg"]["reason"]
-    assert "1x1 px is not a single-cell image" in bad["dot.png"]["reason"]
+    assert "1x1 px, below the 16 px minimum side" in bad["dot.png"]["reason"]  # read_image refuses it first
     assert "600x40 px is not a single-cell image" in bad["strip.png"]["reason"]
     rows = [r for r in rows if r["file"].rsplit("/", 1)[-1] not in ("dot.png", "strip.png")]
     good = [r for r in rows if r["label"]]
