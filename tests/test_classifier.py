@@ -314,6 +314,15 @@ def test_classify_paths_reports_unreadable_files(trained, tmp_path):
     assert sum(s["counts"].values()) == 3
     assert sum(s["differential_percent"].values()) == (pytest.approx(100, abs=0.2) if leuk else 0)
     assert 0.0 <= s["apl_score"] <= 1.0 and any(f["code"] == "unreadable" for f in s["flags"])
+    assert not any(f["code"] == "grey_images" for f in s["flags"])
+
+    # a grey copy of one cell image is typed too, and the call says that its types are not reliable
+    src = sorted(folder.glob("*.png"))[0]
+    Image.open(src).convert("L").save(folder / "grey_copy.png")
+    rows = [r for r in C.classify_paths([folder], trained["ck"]) if r["label"]]
+    assert [r["grey"] for r in rows].count(True) == 1
+    g = [f for f in C.summary(rows)["flags"] if f["code"] == "grey_images"]
+    assert len(g) == 1 and g[0]["message"].startswith(f"1 of {len(rows)} cell images have no colour")
 
 
 def test_summary_keeps_erythroblasts_and_platelets_out_of_the_differential():
