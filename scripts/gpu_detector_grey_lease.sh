@@ -25,9 +25,7 @@
 cd "$(dirname "$0")/.."
 . scripts/gpu_lease_lib.sh
 H=${HOURS:-0.125}
-lease_setup data-sam.zip
-cp -r gpu/det/data/merged-seg/images gpu/det/data/merged-seg-sam/ || exit 5
-echo "ready $(( $(date +%s) - t0 )) s" >> $OUT/gpu.txt
+lease_setup_sam
 S=gpu/det/data/merged-seg-sam; B=gpu/det/data/merged-seg; W=weights/bccdet-yolov8n-seg640.pt
 FT="optimizer=SGD lr0=0.002 warmup_epochs=0"
 DET_DATA=$S DET_BOXES=$B run ftsamk $W none 640 32 $H 4 threads=4 $FT & p1=$!

@@ -32,9 +32,7 @@
 cd "$(dirname "$0")/.."
 . scripts/gpu_lease_lib.sh
 H=${HOURS:-0.125}
-lease_setup data-sam.zip
-cp -r gpu/det/data/merged-seg/images gpu/det/data/merged-seg-sam/ || exit 5
-echo "ready $(( $(date +%s) - t0 )) s" >> $OUT/gpu.txt
+lease_setup_sam
 B=gpu/det/data/merged-seg
 DET_DATA=$B run ell yolov8n-seg.yaml gpu/det/tau100ep.pt 640 32 $H 5 threads=5 & p1=$!
 DET_DATA=gpu/det/data/merged-seg-sam DET_BOXES=$B run samk yolov8n-seg.yaml gpu/det/tau100ep.pt 640 32 $H 5 threads=5 & p2=$!

@@ -13,6 +13,13 @@ lease_setup() {
   mkdir -p $OUT/logs
 }
 
+# lease_setup_sam: lease_setup with the SAM-mask kit (data-sam.zip), the images shared with merged-seg-sam
+lease_setup_sam() {
+  lease_setup data-sam.zip
+  cp -r gpu/det/data/merged-seg/images gpu/det/data/merged-seg-sam/ || exit 5
+  echo "ready $(( $(date +%s) - t0 )) s" >> $OUT/gpu.txt
+}
+
 # run NAME MODEL INIT IMGSZ BATCH HOURS WORKERS [KEY=VALUE ...]: one training run (DET_DATA picks the set)
 run() { $PY scripts/gpu_detector_lease.py "$@" verbose=True > $OUT/logs/$1.log 2>&1; echo "$1 rc $? $(( $(date +%s) - t0 )) s" >> $OUT/gpu.txt; }
 
