@@ -419,6 +419,16 @@ def _median_side(xyxy: np.ndarray) -> float:
     return float(np.median(np.sqrt((xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]))))
 
 
+def _rbc_side(cells: Cells, min_rbc: int) -> float | None:
+    """The median red-cell box side of ``cells``; with fewer than ``min_rbc`` red cells (a thin or
+    white-cell-rich field) the white cells' size stands in (``WBC_PER_RBC_SIDE``); with neither, None."""
+    r = cells.xyxy[cells.kind == "rbc"]
+    if len(r) >= min_rbc:
+        return _median_side(r)
+    wbc = cells.xyxy[cells.kind == "wbc"]
+    return _median_side(wbc) / WBC_PER_RBC_SIDE if len(wbc) else None
+
+
 def parse_scale(value) -> str | float:
     """A detector ``scale``: ``"auto"`` or a factor in (0, 1] (str or number); a one-line ``ValueError`` otherwise."""
     if value == "auto":
@@ -511,13 +521,21 @@ class YoloDetector:
         g = self.upscale_factor(c, image.shape[:2]) if self.scale == "auto" else 1.0
         if g <= 1.0:
             return c
+        return self._at_factor(image, meta, g)
+
+    def _at_factor(self, image: np.ndarray, meta: SmearMeta, f: float) -> Cells:
+        """Cells of ``image`` resized by ``f`` (under 1: shrunk, seen whole or tiled; over 1: enlarged, tiled),
+        mapped back to its own pixels; ``meta.scale`` records the factor as rounded to whole pixels."""
         import cv2
 
         h, w = image.shape[:2]
-        big = cv2.resize(image, (round(w * g), round(h * g)), interpolation=cv2.INTER_LINEAR)
-        fx = big.shape[1] / w
-        inner = SmearMeta(path=meta.path, width=big.shape[1], height=big.shape[0])
-        return self._predict_tiled(big, inner).rescaled(fx, dataclasses.replace(meta, scale=fx))
+        resized = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))),
+                             interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+        rh, rw = resized.shape[:2]
+        fx = rw / w
+        inner = SmearMeta(path=meta.path, width=rw, height=rh)
+        found = self._predict_tiled(resized, inner) if f > 1 else self._detect(resized, inner)
+        return found.rescaled(fx, dataclasses.replace(meta, scale=fx))
 
     def upscale_factor(self, cells: Cells, shape: tuple[int, int], min_rbc: int = 5) -> float:
         """> 1 when the cells found are too small for the detector (a low-magnification camera): the factor
@@ -528,13 +546,8 @@ class YoloDetector:
         if cells.meta.scale != 1.0 or not len(cells):
             return 1.0
         h, w = shape
-        r = cells.xyxy[cells.kind == "rbc"]
-        wbc = cells.xyxy[cells.kind == "wbc"]
-        if len(r) >= min_rbc:
-            side = _median_side(r)
-        elif len(wbc):
-            side = _median_side(wbc) / WBC_PER_RBC_SIDE
-        else:
+        side = _rbc_side(cells, min_rbc)
+        if side is None:
             return 1.0
         # network px per image px: a field is letterboxed whole into imgsz; a larger image is seen in tiles
         net = self.kw["imgsz"] / (max(h, w) if max(h, w) <= 1.5 * self.tile else self.tile)
@@ -550,13 +563,7 @@ class YoloDetector:
         f = self.auto_scale(image) if self.scale == "auto" else self.scale
         if f >= 1.0:
             return self._predict_tiled(image, meta)
-        import cv2
-
-        small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-        sh, sw = small.shape[:2]
-        fx = sw / w  # the factor as rounded to whole pixels
-        inner = SmearMeta(path=meta.path, width=sw, height=sh)
-        return self._detect(small, inner).rescaled(fx, dataclasses.replace(meta, scale=fx))
+        return self._at_factor(image, meta, f)
 
     def auto_scale(self, image: np.ndarray, min_rbc: int = 5) -> float:
         """The factor that brings this image's red cells to the size the detector learnt, or 1.0 (no resize)
@@ -567,15 +574,10 @@ class YoloDetector:
         h, w = image.shape[:2]
         f0 = self.tile / max(h, w)
         small = cv2.resize(image, (max(1, round(w * f0)), max(1, round(h * f0))), interpolation=cv2.INTER_AREA)
-        c = self._predict(small, SmearMeta(width=small.shape[1], height=small.shape[0]))
-        r = c.xyxy[c.kind == "rbc"]
-        wbc = c.xyxy[c.kind == "wbc"]
-        if len(r) >= min_rbc:
-            side = _median_side(r) / f0
-        elif len(wbc):  # few red cells (a thin or white-cell-rich field): the white cells' size stands in
-            side = _median_side(wbc) / f0 / WBC_PER_RBC_SIDE
-        else:
+        side = _rbc_side(self._predict(small, SmearMeta(width=small.shape[1], height=small.shape[0])), min_rbc)
+        if side is None:
             return 1.0
+        side /= f0
         return TRAINED_RBC_SIDE / side if side > MAX_RBC_SIDE else 1.0
 
     def _predict_tiled(self, image: np.ndarray, meta: SmearMeta) -> Cells:
