@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io import InputError, expand_inputs, image_files, is_grey, read_image, sha256_file, write_bytes_atomic, write_text_atomic
+from ..io import MIN_SIDE, InputError, expand_inputs, image_files, is_grey, read_image, sha256_file, write_bytes_atomic, write_text_atomic
 from ..report import abnormal_flag, differential_base, unfamiliar_flag
 from ..types import Cells
 from ..vocab import ABNORMAL_LABELS, LABELS, NOT_IN_DIFFERENTIAL, normalize_label
@@ -1205,8 +1205,8 @@ def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClass
 
 
 # ====================================================================== single-cell files
-# single-cell exports are square-ish crops of 200-400 px; far smaller or elongated files are not cells
-MIN_CELL_SIDE = 16
+# single-cell exports are square-ish crops of 200-400 px; elongated files are not cells (far smaller ones,
+# under io.MIN_SIDE px a side, read_image already refuses)
 MAX_CELL_ASPECT = 3.0
 
 
@@ -1245,9 +1245,9 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
             img = read_image(f)
             row["grey"] = is_grey(img)
             h, w = img.shape[:2]
-            if min(h, w) < MIN_CELL_SIDE or max(h, w) > MAX_CELL_ASPECT * min(h, w):
+            if max(h, w) > MAX_CELL_ASPECT * min(h, w):
                 raise InputError(f"{f}: {w}x{h} px is not a single-cell image (expected a roughly square crop "
-                                 f"of one cell, at least {MIN_CELL_SIDE} px a side)")
+                                 f"of one cell, at least {MIN_SIDE} px a side)")
         except InputError as e:
             row.update(reason=str(e), review=True)
             if progress:
