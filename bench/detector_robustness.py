@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 import numpy as np
 
@@ -21,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-BCCD_KIND = {"RBC": "rbc", "WBC": "wbc", "Platelets": "platelet"}
+from detector_scale import BCCD_KIND, bccd_field, count_hits  # noqa: E402
 
 
 def changes():
@@ -66,18 +65,13 @@ def main() -> None:
 
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.data import dataset
-    from bccdet.io import read_image
-    from bccdet.types import SmearMeta, box_iou
+    from bccdet.types import SmearMeta
     from bccdet.weights import resolve
 
     b = dataset("bccd")
     if b is None:
         sys.exit("BCCD absent: set BCCDET_DATA")
-    fields = []
-    for st in (b / "ImageSets/Main" / f"{a.split}.txt").read_text().split()[:a.n]:
-        gt = [(BCCD_KIND[o.findtext("name")], [float(o.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
-              for o in ET.parse(b / "Annotations" / f"{st}.xml").getroot().iter("object")]
-        fields.append((read_image(b / "JPEGImages" / f"{st}.jpg"), gt))
+    fields = [bccd_field(b, st)[1:] for st in (b / "ImageSets/Main" / f"{a.split}.txt").read_text().split()[:a.n]]
     print(f"machine: {machine()}")
     print(f"first {len(fields)} BCCD {a.split} fields, recall RBC / WBC / platelets at IoU 0.5")
     names = []
@@ -90,11 +84,7 @@ def main() -> None:
             hit = {k: [0, 0] for k in BCCD_KIND.values()}
             for img, gt in fields:
                 im = np.ascontiguousarray(fn(img))
-                c = det(im, SmearMeta(width=im.shape[1], height=im.shape[0]))
-                for k, box in gt:
-                    dd = c.xyxy[c.kind == k]
-                    hit[k][1] += 1
-                    hit[k][0] += bool(len(dd)) and box_iou(dd, np.array([box], np.float32)).max() >= 0.5
+                count_hits(hit, det(im, SmearMeta(width=im.shape[1], height=im.shape[0])), gt)
             table[(ch, name)] = tuple(hit[k][0] / max(1, hit[k][1]) for k in ("rbc", "wbc", "platelet"))
     print(f"{'change':<11}" + "".join(f"{n[:30]:>32}" for n in names))
     for ch in changes():

@@ -28,6 +28,25 @@ sys.path.insert(0, str(REPO / "bench"))
 BCCD_KIND = {"RBC": "rbc", "WBC": "wbc", "Platelets": "platelet"}
 
 
+def bccd_field(root: Path, stem: str):
+    """(stem, RGB image, [(kind, published box xyxy)]) of one BCCD field, its boxes as published (not cleaned)."""
+    from bccdet.io import read_image
+
+    gt = [(BCCD_KIND[o.findtext("name")], [float(o.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
+          for o in ET.parse(root / "Annotations" / f"{stem}.xml").getroot().iter("object")]
+    return stem, read_image(root / "JPEGImages" / f"{stem}.jpg"), gt
+
+
+def count_hits(hit: dict, cells, gt) -> None:
+    """Add to ``hit[kind] = [found, all]`` the boxes of ``gt`` matched by a detection of their kind at IoU 0.5."""
+    from bccdet.types import box_iou
+
+    for k, box in gt:
+        d = cells.xyxy[cells.kind == k]
+        hit[k][1] += 1
+        hit[k][0] += bool(len(d)) and box_iou(d, np.asarray(box, np.float32)[None]).max() >= 0.5
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=24)
@@ -39,8 +58,7 @@ def main() -> None:
 
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.data import dataset
-    from bccdet.io import read_image
-    from bccdet.types import SmearMeta, box_iou
+    from bccdet.types import SmearMeta
     from bccdet.weights import resolve
 
     b = dataset("bccd")
@@ -50,12 +68,7 @@ def main() -> None:
     stems = all_stems[:a.n]
     w, name, sha = resolve(a.detector, "detector")
     dets = {"auto": YoloDetector(w, name=name, sha256=sha), "1.0 (tiles)": YoloDetector(w, name=name, sha256=sha, scale=1.0)}
-    def load(st):
-        gt = [(BCCD_KIND[o.findtext("name")], [float(o.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
-              for o in ET.parse(b / "Annotations" / f"{st}.xml").getroot().iter("object")]
-        return st, read_image(b / "JPEGImages" / f"{st}.jpg"), gt
-
-    fields = [load(st) for st in stems]
+    fields = [bccd_field(b, st) for st in stems]
     everything = None
 
     def images(f: float):
@@ -66,7 +79,7 @@ def main() -> None:
                 im = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR) if f != 1 else img
                 yield st, im, [(k, np.array(bx, np.float32) * f) for k, bx in gt]
             return
-        everything = everything or [load(st) for st in all_stems]
+        everything = everything or [bccd_field(b, st) for st in all_stems]
         k = max(2, round(1 / f))
         H, W = everything[0][1].shape[:2]
         for m in range(0, len(everything) - k * k + 1, k * k):
@@ -87,10 +100,7 @@ def main() -> None:
                 c = det(im, SmearMeta(path=st, width=im.shape[1], height=im.shape[0]))
                 used.append(c.meta.scale)
                 n += 1
-                for k, box in gt:
-                    d = c.xyxy[c.kind == k]
-                    hit[k][1] += 1
-                    hit[k][0] += bool(len(d)) and box_iou(d, box[None]).max() >= 0.5
+                count_hits(hit, c, gt)
             ms = (time.perf_counter() - t0) / n * 1e3
             rows.append((f, how, n, *(hit[k][0] / max(1, hit[k][1]) for k in ("rbc", "wbc", "platelet")), float(np.median(used)), ms))
     print(f"machine: {machine()}")
