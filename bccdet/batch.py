@@ -61,6 +61,7 @@ WSI_MIN_PIXELS = 50_000_000
 CROP_MAX_SIDE = 400
 MANIFEST_EVERY_S = 2.0
 WBC_LABELS_KEY = "wbc_labels"
+RBC_MORPHOLOGY_KEY = "rbc_morphology"  # a unit's red cells per morphology type (None: the stage was off)
 WBC_UNFAMILIAR_KEY = "wbc_unfamiliar"  # per WBC, parallel to WBC_LABELS_KEY: unlike the classifier's training cells
 
 Log = Callable[[str], None]
@@ -141,8 +142,10 @@ class _Tally:
     concatenated Cells of all its fields.
     """
 
-    def __init__(self, counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None):
+    def __init__(self, counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None,
+                 rbc_morphology: dict[str, int] | None = None):
         self._counts = dict(counts)
+        self.rbc_morphology_counts = dict(rbc_morphology) if rbc_morphology else None
         self.label = list(wbc_labels)
         self.kind = ["wbc"] * len(self.label)
         self.unfamiliar = list(wbc_unfamiliar) if wbc_unfamiliar else [False] * len(self.label)
@@ -151,10 +154,22 @@ class _Tally:
         return dict(self._counts)
 
 
-def summarize_totals(counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None) -> dict:
+def summarize_totals(counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None,
+                     rbc_morphology: dict[str, int] | None = None) -> dict:
+    """The summary of a slide from its totals; ``rbc_morphology``: red cells per morphology type summed over
+    its fields (graded once over the slide, as ICSH grades a film, not averaged over fields)."""
     from .report import summarize
 
-    return summarize(_Tally(counts, wbc_labels, wbc_unfamiliar))
+    return summarize(_Tally(counts, wbc_labels, wbc_unfamiliar, rbc_morphology))
+
+
+def _add_morph(a: dict | None, b: dict | None) -> dict | None:
+    if not b:
+        return a
+    out = dict(a or {})
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + int(v)
+    return out
 
 
 def _unfamiliar_of(u: dict) -> list:
@@ -488,7 +503,13 @@ class Worker:
                 prec = r.get("precision", "fp32")
                 ref = (SamRefiner(_materialize(r), sha256=r["sha256"], device=c["device"], precision=prec) if r.get("path")
                        else SamRefiner(LITEMEDSAM, device=c["device"], precision=prec))
-            self.pipe = Pipeline(detector=det, refiner=ref, classifier=clf)
+            morph = None
+            if c.get("rbc_morphology"):
+                from .adapters.morphology import MorphologyStage
+
+                m = c["rbc_morphology"]
+                morph = MorphologyStage(_materialize(m), device=c["device"], name=m["name"], sha256=m["sha256"])
+            self.pipe = Pipeline(detector=det, refiner=ref, classifier=clf, morphology=morph)
         return self.pipe
 
     def _classifier(self):
@@ -526,7 +547,7 @@ class Worker:
     # ---------------------------------------------------------------- units
     def _field(self, t: dict) -> dict:
         from .io import read_image
-        from .report import write_outputs
+        from .report import rbc_morphology_counts, write_outputs
 
         img = read_image(t["path"])
         pipe = self._pipeline()
@@ -544,18 +565,18 @@ class Worker:
         labels = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc"]
         unf = [bool(u) for k, u in zip(cells.kind, cells.unfamiliar) if k == "wbc"]
         return {"status": "done", "counts": cells.counts(), WBC_LABELS_KEY: labels, WBC_UNFAMILIAR_KEY: unf, "ms": ms,
-                "files": files}
+                "files": files, RBC_MORPHOLOGY_KEY: rbc_morphology_counts(cells)}
 
     def _band(self, t: dict) -> dict:
         """One row of tiles of a whole-slide scan, read tile by tile at level 0 (constant memory)."""
         import tiffslide
 
         from .adapters.yolo import tile_spans
-        from .report import cell_row
+        from .report import cell_row, rbc_morphology_counts
 
         pipe = self._pipeline()
         y0, y1, cy0, cy1 = t["yspan"]
-        rows, counts, labels, unf = [], {}, [], []
+        rows, counts, labels, unf, morph = [], {}, [], [], None
         with tiffslide.TiffSlide(t["path"]) as slide:
             width = slide.dimensions[0]
             for x0, x1, cx0, cx1 in tile_spans(width, self.cfg["tile"], self.cfg["overlap"]):
@@ -569,6 +590,7 @@ class Worker:
                 keep = (cx >= cx0) & (cx < cx1) & (cy >= cy0) & (cy < cy1)  # the detector's centre-in-core rule
                 cells = cells[keep]
                 counts = _add_counts(counts, cells.counts())
+                morph = _add_morph(morph, rbc_morphology_counts(cells))
                 for i in range(len(cells)):
                     rows.append(cell_row(cells, i, (x0, y0)))
                     if cells.kind[i] == "wbc":
@@ -583,7 +605,7 @@ class Worker:
         else:
             files = {Path(t["dest"]).name: text.encode("utf-8")}
         return {"status": "done", "counts": _add_counts({}, counts), WBC_LABELS_KEY: labels, WBC_UNFAMILIAR_KEY: unf,
-                "files": files}
+                "files": files, RBC_MORPHOLOGY_KEY: morph}
 
     def _cellavision(self, t: dict) -> dict:
         """A CellaVision-style export (single-cell images of one patient): the classifier's ``classify_paths``
@@ -898,7 +920,7 @@ class Batch:
                  device: str = "cpu", classify: bool | None = None, refine: bool | None = None,
                  formats: tuple[str, ...] | None = None, ray_address: str | None = None, detector_options: dict | None = None,
                  progress: bool | None = None, log: Log | None = None, images: str | None = None,
-                 adapt: bool | None = None, review_threshold: float | None = None):
+                 adapt: bool | None = None, review_threshold: float | None = None, rbc_morphology: bool | None = None):
         if images is not None and images not in IMAGE_KINDS:
             raise InputError(f"unknown --images {images!r}; expected auto, fields or cells")
         if backend not in ("local", "ray"):
@@ -923,6 +945,7 @@ class Batch:
         self.progress = progress
         self.images = images
         self.adapt = adapt
+        self.rbc_morphology = rbc_morphology
         self.sam_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
@@ -974,10 +997,21 @@ class Batch:
                              "bf16: emulated, several times slower (a new --out runs fp32)")
         else:
             notes.append("SAM refinement off (--no-refine): masks are the detector's")
+        morph = None
+        if self.rbc_morphology:
+            try:
+                mw, mname, msha = resolve(None, "rbc_morphology")
+                morph = {"name": mname, "sha256": msha, "path": str(_abspath(mw))}
+            except WeightsError as e:
+                notes.append(f"red-cell morphology skipped ({_short(e).split(':')[0]})")
+        else:
+            notes.append("red-cell morphology off (--no-rbc-morphology)")
         models = {"detector": {"name": name, "sha256": sha},
                   "refiner": None if ref is None else {"name": ref["name"], "sha256": ref["sha256"], "precision": ref["precision"]},
-                  "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]}}
+                  "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]},
+                  **({"rbc_morphology": {"name": morph["name"], "sha256": morph["sha256"]}} if morph else {})}
         cfg = {"detector": det, "classifier": clf, "refiner": ref, "device": self.device, "tile": 640, "overlap": 192,
+               "rbc_morphology": morph,
                # a batch started before the grey border (none recorded) keeps running without it
                "detector_options": {"border": 0, **self.detector_options}, "formats": list(self.formats),
                "adapt": bool(self.adapt)}
@@ -1177,8 +1211,8 @@ class Batch:
             self.log(f"{'error' if s['status'] == 'failed' else 'warning'}: {name}: {s['error']}")
 
     def _slide_doc(self, s: dict, counts: dict, labels: list, fields: list, apl_score=None, unfamiliar=None,
-                   **extra) -> dict:
-        summary = summarize_totals(counts, labels, unfamiliar)
+                   rbc_morphology=None, **extra) -> dict:
+        summary = summarize_totals(counts, labels, unfamiliar, rbc_morphology)
         # a single-cell slide's patient-level flags (apl_suspected, variant lymphocytes, unreadable files)
         # belong in the slide summary that slides.csv / .parquet / summary.html read
         have = {f["code"] for f in summary["flags"]}
@@ -1195,6 +1229,7 @@ class Batch:
         counts: dict = _add_counts({}, {})
         labels: list = []
         unf: list = []
+        morph = None
         fields = []
         apl = None
         for f in s["fields"]:
@@ -1206,6 +1241,7 @@ class Batch:
                 counts = _add_counts(counts, u["counts"])
                 labels += u[WBC_LABELS_KEY]
                 unf += _unfamiliar_of(u)
+                morph = _add_morph(morph, u.get(RBC_MORPHOLOGY_KEY))
                 rec["output"] = f["name"]
                 rec["counts"] = u["counts"]
             fields.append(rec)
@@ -1215,7 +1251,7 @@ class Batch:
             counts, labels, apl = u["counts"], u[WBC_LABELS_KEY], u.get("apl_score")
             unf = _unfamiliar_of(u)
             extra["patient_summary"] = u.get("patient_summary")
-        doc = self._slide_doc(s, counts, labels, fields, apl_score=apl, unfamiliar=unf, **extra)
+        doc = self._slide_doc(s, counts, labels, fields, apl_score=apl, unfamiliar=unf, rbc_morphology=morph, **extra)
         write_text_atomic(self.out / s["slide"] / "slide.json", _json(doc))
         if s["kind"] == "fields":
             self._drop_stale_fields(s)
@@ -1241,6 +1277,7 @@ class Batch:
         counts: dict = _add_counts({}, {})
         labels: list = []
         unf: list = []
+        morph = None
         wbc_boxes = []
         fd, tmp = tempfile.mkstemp(prefix=".cells.csv.", suffix=".tmp", dir=d)
         try:
@@ -1254,6 +1291,7 @@ class Batch:
                     counts = _add_counts(counts, u["counts"])
                     labels += u[WBC_LABELS_KEY]
                     unf += _unfamiliar_of(u)
+                    morph = _add_morph(morph, u.get(RBC_MORPHOLOGY_KEY))
                     with open(d / BANDS_DIR / f"band-{i:05d}.csv", newline="") as fi:
                         for row in csv.reader(fi):
                             k += 1
@@ -1273,7 +1311,7 @@ class Batch:
         f = s["fields"][0]
         f["status"] = "done"
         fields = [{"name": "wsi", "path": f["path"], "sha256": f["sha256"], "status": "done", "error": None}]
-        doc = self._slide_doc(s, counts, labels, fields, unfamiliar=unf,
+        doc = self._slide_doc(s, counts, labels, fields, unfamiliar=unf, rbc_morphology=morph,
                               wsi={k: s["wsi"][k] for k in ("width", "height", "levels", "mpp", "tiles", "bands")})
         write_text_atomic(d / "slide.json", _json(doc))
         s["status"], s["_summary"] = "done", doc
@@ -1345,6 +1383,8 @@ class Batch:
             self.adapt = bool(was.get("adapt", False))
         if self.review_threshold is None:
             self.review_threshold = was.get("review_threshold")
+        if self.rbc_morphology is None:  # on for a new batch; a batch made before the stage resumes without it
+            self.rbc_morphology = bool(was.get("rbc_morphology", prev is None))
         prev_ref = ((prev or {}).get("models") or {}).get("refiner")
         if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
             prev_ref.setdefault("precision", "fp32")
@@ -1352,7 +1392,8 @@ class Batch:
         # --images / --adapt / --review-threshold are recorded only when not the default: batches made before
         # them resume unchanged
         newer = {**({"images": self.images} if self.images != "auto" else {}), **({"adapt": True} if self.adapt else {}),
-                 **({"review_threshold": self.review_threshold} if self.review_threshold is not None else {})}
+                 **({"review_threshold": self.review_threshold} if self.review_threshold is not None else {}),
+                 **({"rbc_morphology": True} if self.rbc_morphology else {})}
         self.args = {"detector": self.detector, "classifier": self.classifier, "classify": self.classify,
                      "refine": self.refine, "formats": list(self.formats),
                      "detector_options": self.detector_options, **newer}

@@ -66,7 +66,7 @@ def edge_option(value: Optional[float]):
 
 SCALE_HELP = ("Detector scale: auto (an image over 960 px whose red cells measure over 200 px, a high-resolution "
               "camera's field, is analysed resized to the trained cell size; an image whose red cells come out under "
-              "45 px at the detector's input, a low-magnification field, is analysed again upscaled, in tiles), or a "
+              "60 px at the detector's input, a low-magnification field, is analysed again upscaled, in tiles), or a "
               "fixed factor in (0, 1] for images over 960 px (1: never resize; smaller images are always seen whole at "
               "the detector's input size).")
 
@@ -173,6 +173,8 @@ def analyze(
     edge_sliver: float = typer.Option(0.4, "--edge-sliver", callback=lambda v: edge_option(v), help=EDGE_HELP),
     review_threshold: Optional[float] = typer.Option(None, "--review-threshold", callback=_review_threshold,
                                                      help=REVIEW_HELP),
+    rbc_morphology: bool = typer.Option(True, "--rbc-morphology/--no-rbc-morphology",
+                                        help="Type every red cell's morphology and grade the field as ICSH does (docs/rbc.md)."),
 ):
     """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
     from .io import atomic_dir, check_out_dir, read_image
@@ -217,6 +219,15 @@ def analyze(
             from .adapters.classifier import CellClassifier
 
             pipe.classifier = CellClassifier(cw, device=device, name=cname, sha256=csha, threshold=review_threshold)
+    if rbc_morphology:
+        try:
+            mw, mname, msha = resolve(None, "rbc_morphology")
+        except WeightsError as e:
+            typer.echo(f"note: red-cell morphology skipped ({str(e).split(':')[0]})", err=True)
+        else:
+            from .adapters.morphology import MorphologyStage
+
+            pipe.morphology = MorphologyStage(mw, device=device, name=mname, sha256=msha)
     used: set = set()
     for i, p in enumerate(paths, 1):
         at = f"[{i}/{len(paths)}] " if len(paths) > 1 else ""  # where a run of many images is
@@ -723,9 +734,11 @@ def _register_extensions() -> None:
     """Commands that live in their own modules (each imports only typer at module level)."""
     from .cli_batch import register as register_batch
     from .cli_curate import register as register_curate
+    from .cli_rbc import register as register_rbc
 
     register_batch(app)
     register_curate(app)
+    register_rbc(app, convert_app, train_app, evaluate_app)
 
 
 _register_extensions()

@@ -60,6 +60,9 @@ def register(app: typer.Typer) -> None:
                                                     help=EDGE_HELP + " Default 0.4; --resume: the batch's own."),
         review_threshold: Optional[float] = typer.Option(None, "--review-threshold", callback=lambda v: _review_threshold(v),
                                                          help=REVIEW_HELP + " --resume: the batch's own."),
+        rbc_morphology: Optional[bool] = typer.Option(
+            None, "--rbc-morphology/--no-rbc-morphology",
+            help="Type every red cell (ICSH grades per slide, from all its fields); on by default. --resume: the batch's own."),
     ):
         """Analyse many slides: one folder per slide (fields, or a CellaVision export of single cells), loose images
         and whole-slide scans; write OUT/manifest.json, OUT/<slide>/slide.json, slides.csv, slides.parquet and
@@ -98,7 +101,7 @@ def register(app: typer.Typer) -> None:
         res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
                         device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
                         detector_options=det_opts, progress=progress, images=images, adapt=adapt,
-                        review_threshold=review_threshold, log=lambda m: typer.echo(m, err=True))
+                        review_threshold=review_threshold, rbc_morphology=rbc_morphology, log=lambda m: typer.echo(m, err=True))
         typer.echo(
             f"batch: {res['slides']} slide(s) ({res['slides_done']} done, {res['slides_failed']} failed, "
             f"{res['slides_skipped']} skipped), {res['fields']} image(s) ({res['fields_done']} done, "

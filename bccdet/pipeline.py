@@ -1,4 +1,4 @@
-"""Chains the stages (detect -> refine -> classify); imports no ML framework itself."""
+"""Chains the stages (detect -> refine -> classify WBCs -> type red cells); imports no ML framework itself."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ class Pipeline:
     detector: Detector
     refiner: Refiner | None = None
     classifier: Classifier | None = None
+    morphology: Classifier | None = None  # red-cell morphology (adapters.morphology.MorphologyStage)
     timings: dict = field(default_factory=dict)
 
     def models(self) -> dict:
         out = {}
-        for key, st in (("detector", self.detector), ("refiner", self.refiner), ("classifier", self.classifier)):
+        for key, st in (("detector", self.detector), ("refiner", self.refiner), ("classifier", self.classifier),
+                        ("rbc_morphology", self.morphology)):
             out[key] = None if st is None else {"name": st.name, "sha256": st.sha256}
             if getattr(st, "precision", None):  # numbers as computed: SAM's encoder runs bf16 where native
                 out[key]["precision"] = st.precision
@@ -45,6 +47,11 @@ class Pipeline:
             t1 = t2
         if self.classifier is not None and len(cells):
             cells = self.classifier(image, cells)
-            self.timings["classify"] = (time.perf_counter() - t1) * 1e3
+            t2 = time.perf_counter()
+            self.timings["classify"] = (t2 - t1) * 1e3
+            t1 = t2
+        if self.morphology is not None and len(cells):
+            cells = self.morphology(image, cells)
+            self.timings["rbc_morphology"] = (time.perf_counter() - t1) * 1e3
         self.timings["total"] = (time.perf_counter() - t0) * 1e3
         return cells

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .morphology import morphology_counts, morphology_summary
 from .types import KINDS, Cells, rle_encode
-from .vocab import LABELS, NOT_IN_DIFFERENTIAL
+from .vocab import LABELS, NOT_IN_DIFFERENTIAL, RBC_MORPHOLOGY
 
 # Adult reference intervals of the WBC differential, percent (typical laboratory ranges; docs/report.md).
 REFERENCE_INTERVALS = {
@@ -120,10 +121,27 @@ def summarize(cells: Cells) -> dict[str, Any]:
         if f is not None:
             flags.append(f)
     out = {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
+    mc = rbc_morphology_counts(cells)
+    if mc is not None:
+        out["rbc_morphology"], mflags = morphology_summary(mc)
+        flags.extend(mflags)
     if n_unf:
         out["unfamiliar"] = n_unf
     out.update(outside)  # WBC detections typed erythroblast / platelet: outside the differential
     return out
+
+
+def rbc_morphology_counts(cells) -> dict[str, int] | None:
+    """Per type the red cells of ``cells`` typed so, or None when none was typed (the stage was off).
+    A slide tally (batch) gives its own summed counts as ``rbc_morphology_counts``."""
+    given = getattr(cells, "rbc_morphology_counts", None)
+    if given is not None:
+        return dict(given) if sum(given.values()) else None
+    col = getattr(cells, "morphology", None)
+    if col is None:
+        return None
+    typed = [m for k, m in zip(cells.kind, col) if k == "rbc" and m is not None]
+    return morphology_counts(typed) if typed else None
 
 
 def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict[str, Any]:
@@ -143,6 +161,8 @@ def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict
             "label_score": None if np.isnan(cells.label_score[i]) else round(float(cells.label_score[i]), 4),
             "review": bool(cells.review[i]),
             "unfamiliar": bool(cells.unfamiliar[i]) if cells.label[i] is not None else None,
+            **({"morphology": cells.morphology[i],
+                "morphology_score": round(float(cells.morphology_score[i]), 4)} if cells.morphology[i] is not None else {}),
         })
     rep = {
         "image": {"path": m.path, "width": m.width, "height": m.height,
@@ -158,7 +178,7 @@ def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict
 
 
 CELLS_CSV_HEADER = ["id", "kind", "score", "x1", "y1", "x2", "y2", "area_px", "mask_source", "label", "label_score",
-                    "review", "unfamiliar"]
+                    "review", "unfamiliar", "morphology", "morphology_score"]
 
 
 def cell_row(cells: Cells, i: int, offset: tuple[float, float] = (0.0, 0.0)) -> list:
@@ -169,7 +189,8 @@ def cell_row(cells: Cells, i: int, offset: tuple[float, float] = (0.0, 0.0)) -> 
     ls = "" if np.isnan(cells.label_score[i]) else f"{cells.label_score[i]:.4f}"
     return [cells.kind[i], f"{cells.score[i]:.4f}", *(f"{v:.1f}" for v in box), area, cells.mask_source[i],
             cells.label[i] or "", ls, int(bool(cells.review[i])),
-            "" if cells.label[i] is None else int(bool(cells.unfamiliar[i]))]
+            "" if cells.label[i] is None else int(bool(cells.unfamiliar[i])),
+            cells.morphology[i] or "", "" if np.isnan(cells.morphology_score[i]) else f"{cells.morphology_score[i]:.4f}"]
 
 
 def cells_csv(cells: Cells) -> str:
@@ -240,6 +261,62 @@ def wbc_crops(image: np.ndarray, cells: Cells, margin: float = 0.25) -> list[tup
     return out
 
 
+RBC_GALLERY_PER_TYPE = 24  # red-cell thumbnails per morphology type on the report page (lowest scores first)
+
+
+def rbc_gallery_crops(image: np.ndarray, cells: Cells, per_type: int = RBC_GALLERY_PER_TYPE,
+                      margin: float = 0.15) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Morphology type -> [(cell index, crop)] of the typed red cells, at most ``per_type`` a type (the
+    least certain first: the ones a reader should check)."""
+    h, w = image.shape[:2]
+    by: dict[str, list[int]] = {}
+    for i in np.nonzero(cells.kind == "rbc")[0]:
+        if cells.morphology[i] is not None:
+            by.setdefault(cells.morphology[i], []).append(int(i))
+    out = {}
+    for t, idx in by.items():
+        idx = sorted(idx, key=lambda i: float(cells.morphology_score[i]))[:per_type]
+        crops = []
+        for i in idx:
+            x1, y1, x2, y2 = cells.xyxy[i]
+            mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+            a, b = int(max(0, x1 - mx)), int(max(0, y1 - my))
+            c, d = int(min(w, x2 + mx)), int(min(h, y2 + my))
+            if c > a and d > b:
+                crops.append((i, image[b:d, a:c]))
+        out[t] = crops
+    return out
+
+
+def _rbc_section(s: dict, gallery: dict[str, list[tuple[int, np.ndarray]]], cells: Cells) -> str:
+    """The red-cell morphology grade table and gallery of the report page ('' when the stage was off)."""
+    m = s.get("rbc_morphology")
+    if not m:
+        return ""
+    e = html.escape
+    rows = []
+    for t in RBC_MORPHOLOGY:
+        r = m[t]
+        g = r["grade"]
+        cls = " class='flagged'" if g in ("2+", "3+") else ""
+        rows.append(f"<tr{cls}><td>{e(t.replace('_', ' '))}</td><td>{r['count']}</td><td>{r['percent']}%</td>"
+                    f"<td>{'&mdash;' if g is None else e(g)}</td></tr>")
+    gal = []
+    for t in [x for x in RBC_MORPHOLOGY if x != "normal"] + ["normal"]:
+        items = gallery.get(t)
+        if not items:
+            continue
+        figs = "".join(_figure(_jpeg_b64(c), f"red cell {i + 1}", f"#{i + 1} {float(cells.morphology_score[i]):.2f}", False)
+                       for i, c in items)
+        more = m[t]["count"] - len(items)
+        note = f"<p class='note'>{more} more not shown (cells.csv lists all)</p>" if more > 0 else ""
+        gal.append(f"<h3>{e(t.replace('_', ' '))} ({m[t]['count']})</h3><div class='gallery rbc'>{figs}</div>{note}")
+    return (f"<h2>Red-cell morphology</h2><p class='note'>{m['red_cells']} red cells typed; grades as "
+            f"{e(m['reference'])}: 0, 1+ (few), 2+ (moderate), 3+ (many); 2+ and above are flagged.</p>"
+            f"<table class='grades'><tr><th>type</th><th>cells</th><th>percent of red cells</th><th>ICSH grade</th></tr>"
+            f"{''.join(rows)}</table><h2>Red-cell gallery</h2>{''.join(gal)}")
+
+
 def _outside_rows(s: dict) -> str:
     """Differential-table rows for typed cells outside the differential (erythroblasts per 100 WBC, platelets)."""
     out = []
@@ -250,8 +327,10 @@ def _outside_rows(s: dict) -> str:
     return "".join(out)
 
 
-def render_html(rep: dict, overlay_png: bytes, crops: list[tuple[int, np.ndarray]], cells: Cells) -> str:
-    """A self-contained page (images inlined): overlay, counts, differential, WBC gallery, flags."""
+def render_html(rep: dict, overlay_png: bytes, crops: list[tuple[int, np.ndarray]], cells: Cells,
+                rbc_gallery: dict[str, list[tuple[int, np.ndarray]]] | None = None) -> str:
+    """A self-contained page (images inlined): overlay, counts, differential, WBC gallery, flags; red-cell
+    morphology grades and gallery when the cells were typed."""
     e = html.escape
     s = rep["summary"]
     rows = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in s["counts"].items())
@@ -277,6 +356,7 @@ table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padd
 .gallery{{display:flex;flex-wrap:wrap;gap:.5em}}figure{{margin:0;text-align:center;font-size:.8em}}
 figure img{{height:96px;border:2px solid #ddd}}figure.review img{{border-color:#e5484d}}
 .overlay{{max-width:100%;border:1px solid #ccc}}.note{{color:#666;font-size:.9em}}
+.gallery.rbc figure img{{height:64px}}tr.flagged td{{background:#fde8e8;font-weight:600}}
 </style></head><body>
 <h1>bccdet report</h1>
 <p>{e(rep['image']['path'])} &middot; {rep['image']['width']}&times;{rep['image']['height']} px</p>
@@ -286,6 +366,7 @@ figure img{{height:96px;border:2px solid #ddd}}figure.review img{{border-color:#
 <h2>WBC differential</h2><table><tr><th>label</th><th>count</th><th>percent</th><th>adult reference</th></tr>{drows}</table>
 <h2>Overlay</h2><img class="overlay" src="data:image/png;base64,{base64.b64encode(overlay_png).decode('ascii')}" alt="overlay">
 <h2>WBC gallery</h2>{''.join(gal) or '<p>no WBC found</p>'}
+{_rbc_section(s, rbc_gallery or {}, cells)}
 <h2>Models</h2><ul>{models}</ul>
 </body></html>
 """
@@ -312,7 +393,8 @@ def write_outputs(folder: Path, image: np.ndarray, cells: Cells, models: dict, t
     (folder / "cells.csv").write_text(cells_csv(cells))
     ov = _png(overlay(image, cells))
     (folder / "overlay.png").write_bytes(ov)
-    (folder / "report.html").write_text(render_html(rep, ov, wbc_crops(image, cells), cells), encoding="utf-8")
+    page = render_html(rep, ov, wbc_crops(image, cells), cells, rbc_gallery_crops(image, cells))
+    (folder / "report.html").write_text(page, encoding="utf-8")
     if "coco" in formats:
         (folder / "coco.json").write_text(json.dumps(coco_document(cells)))
     if "geojson" in formats:

@@ -73,6 +73,8 @@ class Cells:
       label_score   float32 (n,)   classifier probability, NaN when not classified
       review        bool    (n,)   cell needs a human look
       unfamiliar    bool    (n,)   typed cell unlike the classifier's training cells (its label is less reliable)
+      morphology        object  (n,)   red-cell morphology type (vocab.RBC_MORPHOLOGY) or None
+      morphology_score  float32 (n,)   the morphology stage's probability of that type, NaN when not typed
     """
 
     xyxy: np.ndarray
@@ -86,6 +88,8 @@ class Cells:
     review: np.ndarray | None = None
     meta: SmearMeta = field(default_factory=SmearMeta)
     unfamiliar: np.ndarray | None = None
+    morphology: np.ndarray | None = None
+    morphology_score: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -109,6 +113,8 @@ class Cells:
         self.review = self._col(self.review, n, False, bool, "review")
         self.unfamiliar = self._col(self.unfamiliar, n, False, bool, "unfamiliar")
         self.label = _as_str_array(self.label, n, None)
+        self.morphology = _as_str_array(self.morphology, n, None)
+        self.morphology_score = self._col(self.morphology_score, n, np.nan, np.float32, "morphology_score")
         if self.masks is None:
             self.masks = np.array([None] * n, dtype=object)
             self.mask_offset = np.zeros((n, 2), dtype=np.int32)
@@ -167,6 +173,8 @@ class Cells:
             label_score=self.label_score[idx],
             review=self.review[idx],
             unfamiliar=self.unfamiliar[idx],
+            morphology=self.morphology[idx],
+            morphology_score=self.morphology_score[idx],
             meta=self.meta,
         )
 
@@ -194,6 +202,8 @@ class Cells:
             label_score=np.concatenate([p.label_score for p in parts]),
             review=np.concatenate([p.review for p in parts]),
             unfamiliar=np.concatenate([p.unfamiliar for p in parts]),
+            morphology=np.concatenate([p.morphology for p in parts]),
+            morphology_score=np.concatenate([p.morphology_score for p in parts]),
             meta=meta or parts[0].meta,
         )
 
@@ -288,6 +298,8 @@ class Cells:
                 "mask_source": np.array(list(self.mask_source), dtype=str),
                 "review": self.review.copy(),
                 "unfamiliar": self.unfamiliar.copy(),
+                "morphology": np.array(["" if v is None else v for v in self.morphology], dtype=str),
+                "morphology_score": self.morphology_score.copy(),
             },
         )
 
@@ -314,6 +326,8 @@ class Cells:
             label_score=data.get("label_score"),
             review=data.get("review"),
             unfamiliar=data.get("unfamiliar"),
+            morphology=[str(v) or None for v in data["morphology"]] if "morphology" in data else None,
+            morphology_score=data.get("morphology_score"),
             mask_source=[str(v) for v in data["mask_source"]] if "mask_source" in data else None,
             meta=meta,
         )

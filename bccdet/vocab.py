@@ -104,3 +104,15 @@ def is_class_folder(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+# ---------------------------------------------------------------------- red-cell morphology (Chula RBC-12)
+RBC_MORPHOLOGY: tuple[str, ...] = (
+    "normal", "macrocyte", "microcyte", "spherocyte", "target_cell", "stomatocyte", "ovalocyte",
+    "teardrop", "burr_cell", "schistocyte", "hypochromia", "elliptocyte",
+)
+"""Every red-cell morphology type the RBC stage can output, in a fixed order (the classifier's output order)."""
+CHULA_CLASSES: dict[int, str | None] = {
+    0: "normal", 1: "macrocyte", 2: "microcyte", 3: "spherocyte", 4: "target_cell", 5: "stomatocyte",
+    6: "ovalocyte", 7: "teardrop", 8: "burr_cell", 9: "schistocyte", 10: None, 11: "hypochromia", 12: "elliptocyte",
+}
+"""Chula RBC-12 label index -> RBC_MORPHOLOGY string; 10 (uncategorised) is left out (None)."""

@@ -1,8 +1,9 @@
 """Benchmark the analyze pipeline on the BCCD test fields (CPU by default).
 
-    .venv/bin/python bench/pipeline.py [--n 72] [--detector NAME|FILE] [--device cpu] [--border 16]
+    .venv/bin/python bench/pipeline.py [--n 72] [--detector NAME|FILE] [--device cpu] [--border 16] [--fields bccd|chula]
 
-Each configuration (detect only; + SAM refinement; + classification; all) runs in its own process so
+Each configuration (detect only; + SAM refinement; + classification; + red-cell morphology; all, as
+`analyze` runs by default) runs in its own process so
 that its peak RSS is its own. Prints ms per field per stage, the whole, peak RSS, and the ratio of
 each configuration to detect-only measured in the same run.
 """
@@ -22,12 +23,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-CONFIGS = {"detect": (False, False), "detect+refine": (True, False), "detect+classify": (False, True), "full": (True, True)}
+CONFIGS = {"detect": (False, False, False), "detect+refine": (True, False, False), "detect+classify": (False, True, False),
+           "detect+rbc": (False, False, True), "full": (True, True, False), "full+rbc": (True, True, True)}
+"""config -> (SAM refinement, WBC classification, red-cell morphology); full+rbc is analyze's default."""
 
 
-def _fields(n: int) -> list[Path]:
+def _fields(n: int, source: str = "bccd") -> list[Path]:
     from bccdet.data import dataset
 
+    if source == "chula":  # another lab's camera, ~100-150 red cells a field (docs/rbc.md)
+        c = dataset("chula-rbc-12")
+        if c is None:
+            sys.exit("chula-rbc-12 absent: set BCCDET_DATA")
+        return sorted((c / "images").glob("*.webp"), key=lambda p: int(p.stem))[:n]
     b = dataset("bccd")
     if b is None:
         sys.exit("BCCD absent: set BCCDET_DATA")
@@ -35,13 +43,14 @@ def _fields(n: int) -> list[Path]:
     return [b / "JPEGImages" / f"{s}.jpg" for s in stems]
 
 
-def run_one(config: str, n: int, detector: str | None, device: str, border: int | None = None) -> dict:
+def run_one(config: str, n: int, detector: str | None, device: str, border: int | None = None,
+            source: str = "bccd") -> dict:
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.io import read_image
     from bccdet.pipeline import Pipeline
     from bccdet.weights import resolve
 
-    refine, classify = CONFIGS[config]
+    refine, classify, morph = CONFIGS[config]
     w, name, sha = resolve(detector, "detector")
     kw = {} if border is None else {"border": border}
     pipe = Pipeline(detector=YoloDetector(w, name=name, sha256=sha, device=device, **kw))
@@ -54,18 +63,24 @@ def run_one(config: str, n: int, detector: str | None, device: str, border: int 
 
         cw, cname, csha = resolve(None, "classifier")
         pipe.classifier = CellClassifier(cw, device=device)
-    fields = _fields(n)
+    if morph:
+        from bccdet.adapters.morphology import MorphologyStage
+
+        mw, mname, msha = resolve(None, "rbc_morphology")
+        pipe.morphology = MorphologyStage(mw, device=device, name=mname, sha256=msha)
+    fields = _fields(n, source)
     pipe.run(read_image(fields[0]), fields[0])  # warm-up
-    rows = []
+    rows, n_rbc = [], 0
     t0 = time.perf_counter()
     for f in fields:
         img = read_image(f)
-        pipe.run(img, f)
+        cells = pipe.run(img, f)
+        n_rbc += int((cells.kind == "rbc").sum())
         rows.append(dict(pipe.timings))
     wall = time.perf_counter() - t0
     stages = sorted({k for r in rows for k in r})
     return {
-        "config": config, "n": len(fields),
+        "config": config, "n": len(fields), "rbc_per_field": n_rbc / max(1, len(fields)),
         "ms": {s: statistics.mean(r.get(s, 0.0) for r in rows) for s in stages},
         "wall_ms_per_field": wall / len(fields) * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -85,18 +100,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=72)
     ap.add_argument("--detector", default=None)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--configs", default="detect,detect+refine,detect+classify,full")
+    ap.add_argument("--configs", default="detect,detect+refine,detect+classify,detect+rbc,full,full+rbc")
     ap.add_argument("--border", type=int, default=None, help="detector grey border, network px (default BORDER)")
+    ap.add_argument("--fields", default="bccd", choices=("bccd", "chula"), help="BCCD test fields or Chula RBC-12 fields")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one, a.n, a.detector, a.device, a.border)))
+        print(json.dumps(run_one(a.one, a.n, a.detector, a.device, a.border, a.fields)))
         return
     from machine import machine
 
     results = []
     for cfg in a.configs.split(","):
-        cmd = [sys.executable, __file__, "--one", cfg, "--n", str(a.n), "--device", a.device]
+        cmd = [sys.executable, __file__, "--one", cfg, "--n", str(a.n), "--device", a.device, "--fields", a.fields]
         if a.detector:
             cmd += ["--detector", a.detector]
         if a.border is not None:
@@ -114,14 +130,19 @@ def main() -> None:
     from bccdet.adapters.yolo import BORDER
 
     print(f"detector: {dname} ({(dsha or '')[:12]}), grey border {BORDER if a.border is None else a.border} px")
-    print(f"fields: BCCD test, {a.n} x 640x480, device {a.device}; SAM encoder {', '.join(prec) or '-'}")
+    what = "BCCD test" if a.fields == "bccd" else "Chula RBC-12 (another lab)"
+    rbc = max((r.get("rbc_per_field", 0) for r in results), default=0)
+    print(f"fields: {what}, {a.n} x 640x480 ({rbc:.0f} red cells a field), device {a.device}; "
+          f"SAM encoder {', '.join(prec) or '-'}")
     base = next((r["wall_ms_per_field"] for r in results if r["config"] == "detect"), None)
-    head = f"{'config':<17}{'detect':>9}{'refine':>9}{'classify':>10}{'total':>9}{'wall/field':>12}{'peak RSS':>10}{'x detect':>10}"
+    head = (f"{'config':<17}{'detect':>9}{'refine':>9}{'classify':>10}{'rbc morph':>10}{'total':>9}{'wall/field':>12}"
+            f"{'peak RSS':>10}{'x detect':>10}{'threads':>9}")
     print(head)
     for r in results:
         ms = r["ms"]
         ratio = f"{r['wall_ms_per_field'] / base:.2f}" if base else "-"
         print(f"{r['config']:<17}{ms.get('detect', 0):>9.0f}{ms.get('refine', 0):>9.0f}{ms.get('classify', 0):>10.0f}"
+              f"{ms.get('rbc_morphology', 0):>10.0f}"
               f"{ms.get('total', 0):>9.0f}{r['wall_ms_per_field']:>12.0f}{r['peak_rss_mb']:>9.0f}M{ratio:>10}{r.get('torch_threads', '-'):>9}")
 
 

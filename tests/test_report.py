@@ -115,4 +115,38 @@ def test_unfamiliar_typed_cells_are_counted_and_flagged():
     from bccdet.report import cells_csv
 
     rows = [ln.split(",") for ln in cells_csv(c).strip().splitlines()]
-    assert rows[0][-1] == "unfamiliar" and [r[-1] for r in rows[1:]] == ["", "1", "0", "0", "0"]
+    k = rows[0].index("unfamiliar")
+    assert [r[k] for r in rows[1:]] == ["", "1", "0", "0", "0"]
+
+
+def test_typed_red_cells_reach_report_csv_summary_and_page():
+    """Each typed red cell carries its morphology; the summary grades the field (ICSH) and flags a 2+ type; the
+    page has the grade table and a red-cell gallery; an untyped field has neither."""
+    from bccdet.report import cells_csv, rbc_gallery_crops, render_html
+
+    n = 40
+    boxes = [[(i % 8) * 14, (i // 8) * 14, (i % 8) * 14 + 12, (i // 8) * 14 + 12] for i in range(n)]
+    types = ["normal"] * 30 + ["schistocyte"] * 2 + ["spherocyte"] * 8  # 5 % and 20 %: 3+ and 1+
+    c = Cells(xyxy=boxes, kind=["rbc"] * n, masks=[np.ones((12, 12), bool)] * n, morphology=types,
+              morphology_score=[0.9] * 30 + [0.55, 0.7] + [0.8] * 8, meta=SmearMeta(path="f.png", width=120, height=100))
+    assert summarize(c[np.arange(0)]).get("rbc_morphology") is None
+    rep = report_dict(c, {"detector": {"name": "t", "sha256": "0" * 64}})
+    json.dumps(rep)
+    assert rep["cells"][30]["morphology"] == "schistocyte" and rep["cells"][30]["morphology_score"] == 0.55
+    m = rep["summary"]["rbc_morphology"]
+    assert m["red_cells"] == 40 and m["schistocyte"] == {"count": 2, "percent": 5.0, "grade": "3+"}
+    assert m["spherocyte"]["grade"] == "1+" and m["normal"]["grade"] is None
+    codes = [f["code"] for f in rep["summary"]["flags"]]
+    assert "schistocytes" in codes and "spherocytes" not in codes
+    rows = [ln.split(",") for ln in cells_csv(c).strip().splitlines()]
+    k = rows[0].index("morphology")
+    assert rows[0][k + 1] == "morphology_score" and rows[31][k] == "schistocyte" and rows[31][k + 1] == "0.5500"
+    img = np.full((100, 120, 3), 200, np.uint8)
+    gal = rbc_gallery_crops(img, c, per_type=5)
+    assert len(gal["normal"]) == 5 and [i for i, _ in gal["schistocyte"]] == [30, 31]  # least certain first
+    page = render_html(rep, b"", [], c, gal)
+    assert "Red-cell morphology" in page and "<td>schistocyte</td><td>2</td><td>5.0%</td><td>3+</td>" in page
+    assert page.count("alt='red cell") == 5 + 2 + 5 and "25 more not shown" in page
+    plain = report_dict(Cells(xyxy=boxes, kind=["rbc"] * n, meta=c.meta), {})
+    assert "rbc_morphology" not in plain["summary"] and "morphology" not in plain["cells"][0]
+    assert "Red-cell morphology" not in render_html(plain, b"", [], c[np.arange(0)])

@@ -357,7 +357,11 @@ WBC_PER_RBC_SIDE = 1.87
 # UPSCALE_RBC_SIDE px in a tile and detects again, in tiles: 3 x 3 0.92 / 1.00 / 0.97, 4 x 4 0.88 / 1.00 / 0.84.
 # Bringing it to 100 px instead cost 1.7x the time for the same recall (first 36 fields). The training fields'
 # red cells measure 99-148 network px (BCCD 640 x 480 and TXL-PBC's sources), so none of them is upscaled.
-MIN_RBC_SIDE = 45.0
+# 45 px at first; raised to 60 (2026-12-03) for another lab's camera: Chula RBC-12's 640 x 480 fields (Nikon
+# DS-Fi2, 1000x) show red cells of ~40-55 px, where the detector called many red cells platelets and missed
+# others. Of the labelled red-cell points of 40 Chula fields, 0.949 fell inside a detected red cell at 45 and
+# 0.969 at 60 (18 -> 28 fields upscaled; /tmp study recorded in docs/experiments.md).
+MIN_RBC_SIDE = 60.0
 UPSCALE_RBC_SIDE = 75.0
 MAX_UPSCALE = 4.0
 UPSCALE_MAX_PIXELS = 48_000_000
@@ -413,6 +417,29 @@ def drop_edge_slivers(cells: Cells, frac: float = EDGE_SLIVER, margin: float = 2
     if not drop.any():
         return cells
     return cells[~drop].with_meta(edge_dropped=int(cells.meta.edge_dropped) + int(drop.sum()))
+
+
+# A detection called platelet whose box is at least this share of the field's median red-cell box area is a
+# red cell: a platelet is 2-3 um across against a red cell's 7-8 um (area ~0.1). On BCCD test and a third of
+# TXL-PBC val no detected platelet that matched a labelled platelet reached 0.5 (99th percentile 0.46); on 40
+# Chula fields (another camera) re-kinding those over 0.5 put 0.974 of the red-cell points in a red cell
+# against 0.969. 0.6 leaves a margin for large platelets and clumps.
+PLATELET_AS_RBC_AREA = 0.6
+
+
+def rbc_sized_platelets(cells: Cells, frac: float = PLATELET_AS_RBC_AREA, min_rbc: int = 5) -> Cells:
+    """``cells`` with each platelet whose box area is at least ``frac`` of the median red-cell box area
+    turned into a red cell (fields with fewer than ``min_rbc`` red cells are left as they are)."""
+    rbc = cells.kind == "rbc"
+    if frac <= 0 or rbc.sum() < min_rbc:
+        return cells
+    a = (cells.xyxy[:, 2] - cells.xyxy[:, 0]) * (cells.xyxy[:, 3] - cells.xyxy[:, 1])
+    flip = (cells.kind == "platelet") & (a >= frac * float(np.median(a[rbc])))
+    if not flip.any():
+        return cells
+    out = cells[np.arange(len(cells))]
+    out.kind[flip] = "rbc"
+    return out
 
 
 def _median_side(xyxy: np.ndarray) -> float:
@@ -514,7 +541,7 @@ class YoloDetector:
         elif (meta.width, meta.height) != (w, h):
             # the meta's size is where boxes are clipped: a meta without one (SmearMeta(path=...)) once gave no cells
             meta = dataclasses.replace(meta, width=w, height=h)
-        return drop_edge_slivers(self._cells(image, meta), self.edge_sliver)
+        return drop_edge_slivers(rbc_sized_platelets(self._cells(image, meta)), self.edge_sliver)
 
     def _cells(self, image: np.ndarray, meta: SmearMeta) -> Cells:
         c = self._cells_at_scale(image, meta)

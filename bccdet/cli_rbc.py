@@ -1,0 +1,83 @@
+"""Red-cell morphology commands: ``convert chula``, ``train rbc-morphology``, ``evaluate rbc-morphology``.
+
+``register(app)`` adds them to the typer app of ``bccdet.cli`` (docs/rbc.md); each parses, calls one
+library function and prints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer, convert_app: typer.Typer, train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
+    from .cli import device_option, friendly
+
+    if any(getattr(c, "name", None) == "chula" for c in convert_app.registered_commands):
+        return
+
+    @convert_app.command("chula")
+    @friendly
+    def convert_chula(
+        root: Path = typer.Argument(..., help="Chula RBC-12 folder (images/, labels/ with 'x y class' per red cell)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: train/val/test.npz and summary.json."),
+        detector: Optional[str] = typer.Option(None, help="Detector whose red cells the points are paired with (default: the registered one)."),
+        seed: int = typer.Option(0, help="Seed of the split by image (70/15/15)."),
+        device: str = device_option(),
+    ):
+        """Chula RBC-12 points -> red-cell morphology crops + shape features of the detector's cells, split by image."""
+        from .adapters.yolo import YoloDetector
+        from .convert.chula import build
+        from .weights import resolve
+
+        w, name, sha = resolve(detector, "detector")
+        s = build(root, out, YoloDetector(w, name=name, sha256=sha, device=device), seed=seed)
+        for sp, st in s["splits"].items():
+            m = st["matched"] / st["points"] if st["points"] else 0.0
+            typer.echo(f"{sp}: {st['fields']} fields, {st['points']} points, {m:.3f} inside a detected red cell")
+        typer.echo(f"wrote {out}")
+
+    @train_app.command("rbc-morphology")
+    @friendly
+    def train_rbc_morphology(
+        data: Path = typer.Option(..., help="A `convert chula` folder."),
+        out: Path = typer.Option(Path("runs/rbc-morphology/train"), help="Run folder (best.pt, last.pt, history.json)."),
+        epochs: int = typer.Option(14), lr: float = typer.Option(2e-3), batch: int = typer.Option(64),
+        balance: str = typer.Option("sqrt", help="Class balance of the draws: none, sqrt (inverse square-root frequency) or inverse."),
+        seed: int = typer.Option(0),
+        net_px: int = typer.Option(96, help="Pixels the network sees each crop at (the 48 px crop enlarged)."),
+    ):
+        """Train the red-cell morphology classifier (EfficientNet-Lite0 on crop + mask, plus shape features)."""
+        from .adapters.morphology import train
+
+        res = train(data, out, epochs=epochs, lr=lr, batch=batch, balance=balance, seed=seed, net_px=net_px,
+                    log=lambda m: typer.echo(m, err=True))
+        typer.echo(f"best epoch {res['best_epoch']}: val macro-F1 {res['val_macro_f1']:.4f} -> {out / 'best.pt'}")
+
+    @evaluate_app.command("rbc-morphology")
+    @friendly
+    def evaluate_rbc_morphology(
+        data: Path = typer.Option(..., help="A `convert chula` folder."),
+        weights: Optional[str] = typer.Option(None, help="Morphology model name or .pt (default: the registered one)."),
+        split: str = typer.Option("test"), out: Optional[Path] = typer.Option(None, help="Metrics JSON to write."),
+    ):
+        """Per-point accuracy and macro-F1 on held-out fields; points outside every detected red cell count as wrong."""
+        from .adapters.morphology import evaluate_set
+        from .weights import resolve
+
+        w, name, _ = resolve(weights, "rbc_morphology")
+        r = evaluate_set(w, data, split)
+        typer.echo(f"{name} on {split} ({r['fields']} fields, {r['points']} points, {r['matched']:.3f} detected): "
+                   f"accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
+                   f"(detected points only: {r['accuracy_matched_only']:.4f} / {r['macro_f1_matched_only']:.4f})")
+        typer.echo(f"{'type':<14}{'n':>6}{'prec':>8}{'recall':>8}{'F1':>8}")
+        for row in r["per_class"]:
+            typer.echo(f"{row['class']:<14}{row['support']:>6}{row['precision']:>8.3f}{row['recall']:>8.3f}{row['f1']:>8.3f}")
+        if out:
+            from .io import write_text_atomic
+
+            write_text_atomic(out, json.dumps(r, indent=1))
+            typer.echo(f"wrote {out}")
