@@ -63,13 +63,14 @@ def register(app: typer.Typer, convert_app: typer.Typer, train_app: typer.Typer,
         data: Path = typer.Option(..., help="A `convert chula` folder."),
         weights: Optional[str] = typer.Option(None, help="Morphology model name or .pt (default: the registered one)."),
         split: str = typer.Option("test"), out: Optional[Path] = typer.Option(None, help="Metrics JSON to write."),
+        plot: Optional[Path] = typer.Option(None, help="Confusion matrix PNG to write."),
     ):
         """Per-point accuracy and macro-F1 on held-out fields; points outside every detected red cell count as wrong."""
         from .adapters.morphology import evaluate_set
         from .weights import resolve
 
         w, name, _ = resolve(weights, "rbc_morphology")
-        r = evaluate_set(w, data, split)
+        r = evaluate_set(w, data, split, plot=plot)
         typer.echo(f"{name} on {split} ({r['fields']} fields, {r['points']} points, {r['matched']:.3f} detected): "
                    f"accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
                    f"(detected points only: {r['accuracy_matched_only']:.4f} / {r['macro_f1_matched_only']:.4f})")

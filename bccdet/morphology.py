@@ -121,6 +121,21 @@ def _one_cell(g: np.ndarray, mask: np.ndarray, bg: float, unit_area: float, unit
             math.log(max(dark, 1.0) / max(unit_density, 1.0))]
 
 
+def _window(img: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """The ``side`` x ``side`` window of ``img`` at (x0, y0); what lies outside the image is mirrored in."""
+    import cv2
+
+    H, W = img.shape[:2]
+    a, b = min(max(x0, 0), W - 1), min(max(y0, 0), H - 1)
+    c, d = max(min(x0 + side, W), a + 1), max(min(y0 + side, H), b + 1)
+    part = img[b:d, a:c]
+    pads = (b - y0, y0 + side - d, a - x0, x0 + side - c)  # top, bottom, left, right
+    if not any(pads):
+        return np.ascontiguousarray(part)
+    mode = cv2.BORDER_REFLECT_101 if min(part.shape[:2]) > 1 and max(pads) < min(part.shape[:2]) else cv2.BORDER_REPLICATE
+    return cv2.copyMakeBorder(np.ascontiguousarray(part), *[max(0, v) for v in pads], mode)
+
+
 def rbc_crops(image: np.ndarray, cells: Cells, idx: Sequence[int] | None = None, size: int = CROP_PX,
               field_diameters: float = CROP_FIELD_DIAMETERS, median_area: float | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,22 +167,17 @@ def rbc_crops(image: np.ndarray, cells: Cells, idx: Sequence[int] | None = None,
     mpp = getattr(cells.meta, "mpp", None)
     unit = field_scale(np.array([med]), mpp)
     side = max(8, int(round(field_diameters * _disc_diameter(med))))
-    g = _grey(img)
-    bg = float(np.percentile(g[:: max(1, H // 200), :: max(1, W // 200)], 90))  # smear background is bright
-    pad = side
-    padded = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    gp = cv2.copyMakeBorder(g, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    bg = float(np.percentile(_grey(img[:: max(1, H // 200), :: max(1, W // 200)]), 90))  # smear background is bright
     rows = []
     for j, i in enumerate(idx):
         x1, y1, x2, y2 = cells.xyxy[i]
-        cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-        x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
-        x0, y0 = min(max(x0, -pad), W), min(max(y0, -pad), H)
-        win = padded[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+        x0 = int(round((x1 + x2) / 2.0 - side / 2.0))
+        y0 = int(round((y1 + y2) / 2.0 - side / 2.0))
+        win = _window(img, x0, y0, side)  # only the window is copied, never the whole image
         m = _full_cell_mask(cells, i, x0, y0, side, side)
         crops[j, :, :, :3] = cv2.resize(win, (size, size), interpolation=cv2.INTER_AREA)
         crops[j, :, :, 3] = cv2.resize(m.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA)
-        rows.append((gp[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side], m))
+        rows.append((_grey(win), m))
     darks = [bg - float(gw[m].mean()) if m.any() else 1.0 for gw, m in rows]
     unit_density = float(np.median(darks)) if darks else 1.0
     for j, (gw, m) in enumerate(rows):
