@@ -1604,7 +1604,7 @@ def _overview_jpg(path: str, wbc_boxes: list, size: int = 1024) -> bytes:
 def slide_rows(out: Path, slides: list[dict]) -> list[dict]:
     """One row per slide: counts, differential percent per label, flags, apl_score."""
     from .types import KINDS
-    from .vocab import LABELS
+    from .vocab import LABELS, RBC_MORPHOLOGY
 
     rows = []
     for s in slides:
@@ -1629,6 +1629,10 @@ def slide_rows(out: Path, slides: list[dict]) -> list[dict]:
         row["flags"] = ";".join(flags) if doc else None
         row["n_flags"] = len(flags) if doc else None
         row["apl_score"] = (doc or {}).get("apl_score")
+        morph = summ.get("rbc_morphology") or {}  # graded once per slide from all its fields' red cells
+        row["rbc_typed"] = morph.get("red_cells") if doc else None
+        for t in RBC_MORPHOLOGY[1:]:
+            row[f"rbc_grade_{t}"] = (morph.get(t) or {}).get("grade") if morph else None
         row["error"] = s.get("error")
         row["summary"] = f"{s['slide']}/slide.json" if doc else None
         rows.append(row)

@@ -14,6 +14,7 @@ import typer
 
 
 def register(app: typer.Typer, convert_app: typer.Typer, train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
+    from .adapters.morphology import RECIPE  # numpy only at import: the defaults are defined once, there
     from .cli import device_option, friendly
 
     if any(getattr(c, "name", None) == "chula" for c in convert_app.registered_commands):
@@ -45,10 +46,11 @@ def register(app: typer.Typer, convert_app: typer.Typer, train_app: typer.Typer,
     def train_rbc_morphology(
         data: Path = typer.Option(..., help="A `convert chula` folder."),
         out: Path = typer.Option(Path("runs/rbc-morphology/train"), help="Run folder (best.pt, last.pt, history.json)."),
-        epochs: int = typer.Option(14), lr: float = typer.Option(2e-3), batch: int = typer.Option(64),
-        balance: str = typer.Option("sqrt", help="Class balance of the draws: none, sqrt (inverse square-root frequency) or inverse."),
-        seed: int = typer.Option(0),
-        net_px: int = typer.Option(96, help="Pixels the network sees each crop at (the 48 px crop enlarged)."),
+        epochs: int = typer.Option(RECIPE["epochs"]), lr: float = typer.Option(RECIPE["lr"]),
+        batch: int = typer.Option(RECIPE["batch"]),
+        balance: str = typer.Option(RECIPE["balance"], help="Class balance of the draws: none, sqrt (inverse square-root frequency) or inverse."),
+        seed: int = typer.Option(RECIPE["seed"]),
+        net_px: int = typer.Option(RECIPE["net_px"], help="Pixels the network sees each crop at (over 48: the 48 px crop enlarged; 96 measured +0.01 accuracy for 4x the time)."),
     ):
         """Train the red-cell morphology classifier (EfficientNet-Lite0 on crop + mask, plus shape features)."""
         from .adapters.morphology import train

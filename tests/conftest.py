@@ -25,12 +25,17 @@ def data_root():
     return root
 
 
-@pytest.fixture(scope="session")
-def bccd(data_root):
-    p = data_root / "bccd"
+def dataset_dir(data_root, name: str):
+    """``data_root / name``, or the test skipped with the reason."""
+    p = data_root / name
     if not p.is_dir():
         pytest.skip(f"{p} absent")
     return p
+
+
+@pytest.fixture(scope="session")
+def bccd(data_root):
+    return dataset_dir(data_root, "bccd")
 
 
 def run_cli(*args, cwd=None, env=None):

@@ -115,6 +115,16 @@ def test_cells_from_report_matches_cells(tmp_path):
     back = cells_from_report(json.loads(json.dumps(report_dict(cells, {}))))
     assert back.kind[0] == "platelet" and abs(back.score[0] - 0.66) < 1e-4
     np.testing.assert_array_equal(back.full_masks(), full)
+    assert back.morphology[0] is None and np.isnan(back.morphology_score[0])
+    # a typed red cell keeps its morphology through report.json and through FiftyOne's detections
+    from bccdet.adapters.fiftyone import cells_to_detections, detections_to_cells
+
+    rbc = Cells.from_full_masks([[8, 5, 30, 20]], ["rbc"], full, meta=meta, morphology=["target_cell"],
+                                morphology_score=[0.875])
+    back = cells_from_report(json.loads(json.dumps(report_dict(rbc, {}))))
+    assert back.morphology[0] == "target_cell" and abs(back.morphology_score[0] - 0.875) < 1e-4
+    again = detections_to_cells(cells_to_detections(rbc), meta)
+    assert again.morphology[0] == "target_cell" and abs(again.morphology_score[0] - 0.875) < 1e-6
 
 
 # ---------------------------------------------------------------------- the tagging rule (synthetic, real database)

@@ -82,3 +82,23 @@ def test_split_by_field_is_disjoint_and_seeded():
     counts = {s: list(a.values()).count(s) for s in ("train", "val", "test")}
     assert counts == {"train": 70, "val": 15, "test": 15}
     assert split_fields(stems, 1) != a
+
+
+def test_size_rule_keeps_macro_and_microcyte_to_cells_larger_or_smaller_than_the_field():
+    from bccdet.adapters.morphology import size_rule
+    from bccdet.vocab import RBC_MORPHOLOGY
+
+    k = len(RBC_MORPHOLOGY)
+    p = np.full((3, k), 0.01)
+    p[:, RBC_MORPHOLOGY.index("macrocyte")] = 0.6
+    p[2, RBC_MORPHOLOGY.index("microcyte")] = 0.7
+    p[:, RBC_MORPHOLOGY.index("normal")] = 0.3
+    p /= p.sum(1, keepdims=True)
+    f = np.zeros((3, len(FEATURES)), np.float32)
+    f[:, FEATURES.index("log_rel_area")] = np.log([1.3, 0.9, 0.8])
+    q = size_rule(p, f, RBC_MORPHOLOGY)
+    assert np.allclose(q.sum(1), 1.0)
+    top = [RBC_MORPHOLOGY[i] for i in q.argmax(1)]
+    # larger than the field: stays a macrocyte; smaller: macrocyte ruled out; a small cell may be a microcyte
+    assert top == ["macrocyte", "normal", "microcyte"]
+    assert q[1, RBC_MORPHOLOGY.index("macrocyte")] == 0 and q[0, RBC_MORPHOLOGY.index("microcyte")] == 0

@@ -9,25 +9,17 @@ import numpy as np
 import pytest
 
 from bccdet.weights import resolve
-from tests.conftest import run_cli
+from tests.conftest import dataset_dir, run_cli
 
 pytestmark = pytest.mark.data
 
 
 @pytest.fixture(scope="module")
-def chula(data_root):
-    p = data_root / "chula-rbc-12"
-    if not p.is_dir():
-        pytest.skip(f"{p} absent")
-    return p
-
-
-@pytest.fixture(scope="module")
-def held_out(chula):
-    """The first test-split fields of `convert chula` (seed 0): never trained on, never used to choose."""
+def held_out(data_root):
+    """The test-split fields of `convert chula` (seed 0): never trained on, never used to choose."""
     from bccdet.convert.chula import chula_fields, split_fields
 
-    fields = chula_fields(chula)
+    fields = chula_fields(dataset_dir(data_root, "chula-rbc-12"))
     split = split_fields([p.stem for p, _ in fields], 0)
     return [(p, pts) for p, pts in fields if split[p.stem] == "test"]
 
@@ -111,3 +103,8 @@ def test_batch_grades_a_slide_from_the_red_cells_of_all_its_fields(held_out, tmp
     got = doc["summary"]["rbc_morphology"]
     assert got["red_cells"] == sum(f["red_cells"] for f in fields) > 100
     assert got == morphology_summary(total)[0]  # graded once from the summed counts, not averaged
+    import csv
+
+    row = next(csv.DictReader(open(tmp_path / "out" / "slides.csv")))
+    assert int(row["rbc_typed"]) == got["red_cells"]
+    assert all(row[f"rbc_grade_{t}"] == got[t]["grade"] for t in got if isinstance(got[t], dict) and t != "normal")

@@ -232,18 +232,26 @@ def _build(ck: dict):
     return model.eval()
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, fmt: str, what: str, error: type[InputError]) -> dict:
+    """A bccdet checkpoint of format ``fmt`` (a dict saved with torch.save), loaded with weights_only; every
+    way it can be unusable is one line (``error``) naming ``what`` it should have been."""
     import torch
 
     p = Path(path)
     if not p.is_file():
-        raise ClassifierError(f"{p}: no such classifier checkpoint")
+        raise error(f"{p}: no such {what} checkpoint")
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is an unusable file
-        raise ClassifierError(f"{p}: not a readable classifier checkpoint ({type(e).__name__})") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise ClassifierError(f"{p}: not a bccdet classifier checkpoint (format {ck.get('format') if isinstance(ck, dict) else '?'})")
+        raise error(f"{p}: not a readable {what} checkpoint ({type(e).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != fmt:
+        raise error(f"{p}: not a bccdet {what} checkpoint (format {ck.get('format') if isinstance(ck, dict) else '?'})")
+    return ck
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    ck = read_checkpoint(path, FORMAT, "classifier", ClassifierError)
+    p = Path(path)
     unknown = [lab for lab in ck["labels"] if lab not in LABELS]
     if unknown:
         raise ClassifierError(f"{p}: labels {unknown} are not in the vocabulary (bccdet.vocab.LABELS)")

@@ -165,6 +165,9 @@ def cells_to_detections(cells: Cells, with_masks: bool = True):
             d["mask_source"] = str(cells.mask_source[i])
         if bool(cells.review[i]):
             d["review"] = True
+        if cells.morphology[i] is not None:  # red-cell morphology (docs/rbc.md)
+            d["morphology"] = str(cells.morphology[i])
+            d["morphology_score"] = float(cells.morphology_score[i])
         dets.append(d)
     return fo.Detections(detections=dets)
 
@@ -179,6 +182,7 @@ def detections_to_cells(dets, meta: SmearMeta, kinds: Sequence[str] = KINDS) -> 
     if dets is None or not len(dets.detections):
         return Cells.empty(meta)
     xyxy, kind, score, masks, offs, label, lscore, src, review = [], [], [], [], [], [], [], [], []
+    morph, mscore = [], []
     any_mask = False
     for d in dets.detections:
         x, y, bw, bh = d.bounding_box
@@ -209,10 +213,14 @@ def detections_to_cells(dets, meta: SmearMeta, kinds: Sequence[str] = KINDS) -> 
         ms = d.get_field("mask_source") if d.has_field("mask_source") else None
         src.append(ms if ms is not None else ("label" if m is not None else "none"))
         review.append(bool(d.get_field("review")) if d.has_field("review") else False)
+        morph.append(d.get_field("morphology") if d.has_field("morphology") else None)
+        mv = d.get_field("morphology_score") if d.has_field("morphology_score") else None
+        mscore.append(np.nan if mv is None else float(mv))
     return Cells(
         xyxy=np.array(xyxy, np.float32).reshape(-1, 4), kind=kind, score=score,
         masks=masks if any_mask else None, mask_offset=np.array(offs, np.int32).reshape(-1, 2) if any_mask else None,
         mask_source=src, label=label, label_score=lscore, review=review, meta=meta,
+        morphology=morph, morphology_score=mscore,
     )
 
 
@@ -242,6 +250,8 @@ def cells_from_report(rep: dict, meta: SmearMeta | None = None) -> Cells:
         label=[c.get("label") for c in rows],
         label_score=[np.nan if c.get("label_score") is None else c["label_score"] for c in rows],
         review=[bool(c.get("review", False)) for c in rows], meta=meta,
+        morphology=[c.get("morphology") for c in rows],
+        morphology_score=[np.nan if c.get("morphology_score") is None else c["morphology_score"] for c in rows],
     )
 
 
