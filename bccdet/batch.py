@@ -1154,6 +1154,8 @@ class Batch:
             u[WBC_LABELS_KEY] = res[WBC_LABELS_KEY]
             if WBC_UNFAMILIAR_KEY in res:
                 u[WBC_UNFAMILIAR_KEY] = res[WBC_UNFAMILIAR_KEY]
+            if res.get(RBC_MORPHOLOGY_KEY):  # kept in the state: a resumed batch grades the slide from every field
+                u[RBC_MORPHOLOGY_KEY] = res[RBC_MORPHOLOGY_KEY]
             for k in ("apl_score", "patient_summary", "failed"):
                 if k in res:
                     u[k] = res[k]
@@ -1643,17 +1645,20 @@ def write_aggregates(out: Path, slides: list[dict]) -> None:
     import pandas as pd
 
     from .types import KINDS
-    from .vocab import LABELS
+    from .vocab import LABELS, RBC_MORPHOLOGY
 
     rows = slide_rows(out, slides)
+    grades = [f"rbc_grade_{t}" for t in RBC_MORPHOLOGY[1:]]
     cols = (["slide", "kind", "status", "n_fields", "n_fields_done", "n_fields_failed", "n_fields_skipped", *KINDS,
-             "wbc_classified"] + [f"pct_{lab}" for lab in LABELS] + ["flags", "n_flags", "apl_score", "error", "summary"])
+             "wbc_classified"] + [f"pct_{lab}" for lab in LABELS] + ["flags", "n_flags", "apl_score", "rbc_typed",
+                                                                      *grades, "error", "summary"])
     df = pd.DataFrame(rows, columns=cols)
-    for c in ["n_fields", "n_fields_done", "n_fields_failed", "n_fields_skipped", *KINDS, "wbc_classified", "n_flags"]:
+    for c in ["n_fields", "n_fields_done", "n_fields_failed", "n_fields_skipped", *KINDS, "wbc_classified", "n_flags",
+              "rbc_typed"]:
         df[c] = df[c].astype("Int64")
     for c in [f"pct_{lab}" for lab in LABELS] + ["apl_score"]:
         df[c] = df[c].astype("Float64")
-    for c in ["slide", "kind", "status", "flags", "error", "summary"]:
+    for c in ["slide", "kind", "status", "flags", "error", "summary", *grades]:
         df[c] = df[c].astype("string")
     write_text_atomic(out / "slides.csv", df.to_csv(index=False, lineterminator="\n"))
     fd, tmp = tempfile.mkstemp(prefix=".slides.parquet.", suffix=".tmp", dir=out)

@@ -63,7 +63,7 @@ def test_shipped_model_types_red_cells_of_held_out_fields(held_out, stages):
     assert right / total >= ACCURACY_FLOOR, right / total
 
 
-ACCURACY_FLOOR = 0.80  # see the model card: held-out test split accuracy, every labelled point counted
+ACCURACY_FLOOR = 0.80  # measured 0.881 (303 of 344 points) on these 8 fields; 0.858 over the whole test split (card)
 
 
 def test_analyze_types_and_grades_red_cells_and_can_skip_it(held_out, tmp_path):
