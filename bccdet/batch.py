@@ -62,6 +62,7 @@ CROP_MAX_SIDE = 400
 MANIFEST_EVERY_S = 2.0
 WBC_LABELS_KEY = "wbc_labels"
 RBC_MORPHOLOGY_KEY = "rbc_morphology"  # a unit's red cells per morphology type (None: the stage was off)
+RBC_SCORE_KEY = "rbc_morphology_score"  # a field's median morphology score (morphology.MIN_FIELD_SCORE)
 WBC_UNFAMILIAR_KEY = "wbc_unfamiliar"  # per WBC, parallel to WBC_LABELS_KEY: unlike the classifier's training cells
 
 Log = Callable[[str], None]
@@ -143,9 +144,10 @@ class _Tally:
     """
 
     def __init__(self, counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None,
-                 rbc_morphology: dict[str, int] | None = None):
+                 rbc_morphology: dict[str, int] | None = None, rbc_score: float | None = None):
         self._counts = dict(counts)
         self.rbc_morphology_counts = dict(rbc_morphology) if rbc_morphology else None
+        self.rbc_morphology_score = rbc_score
         self.label = list(wbc_labels)
         self.kind = ["wbc"] * len(self.label)
         self.unfamiliar = list(wbc_unfamiliar) if wbc_unfamiliar else [False] * len(self.label)
@@ -155,12 +157,15 @@ class _Tally:
 
 
 def summarize_totals(counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None,
-                     rbc_morphology: dict[str, int] | None = None) -> dict:
+                     rbc_morphology: dict[str, int] | None = None, rbc_scores: list | None = None) -> dict:
     """The summary of a slide from its totals; ``rbc_morphology``: red cells per morphology type summed over
     its fields (graded once over the slide, as ICSH grades a film, not averaged over fields)."""
     from .report import summarize
 
-    return summarize(_Tally(counts, wbc_labels, wbc_unfamiliar, rbc_morphology))
+    import statistics
+
+    score = float(statistics.median(rbc_scores)) if rbc_scores else None  # the median of its fields' medians
+    return summarize(_Tally(counts, wbc_labels, wbc_unfamiliar, rbc_morphology, score))
 
 
 def _add_morph(a: dict | None, b: dict | None) -> dict | None:
@@ -547,7 +552,7 @@ class Worker:
     # ---------------------------------------------------------------- units
     def _field(self, t: dict) -> dict:
         from .io import read_image
-        from .report import rbc_morphology_counts, write_outputs
+        from .report import rbc_morphology_counts, rbc_morphology_median_score, write_outputs
 
         img = read_image(t["path"])
         pipe = self._pipeline()
@@ -565,7 +570,8 @@ class Worker:
         labels = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc"]
         unf = [bool(u) for k, u in zip(cells.kind, cells.unfamiliar) if k == "wbc"]
         return {"status": "done", "counts": cells.counts(), WBC_LABELS_KEY: labels, WBC_UNFAMILIAR_KEY: unf, "ms": ms,
-                "files": files, RBC_MORPHOLOGY_KEY: rbc_morphology_counts(cells)}
+                "files": files, RBC_MORPHOLOGY_KEY: rbc_morphology_counts(cells),
+                RBC_SCORE_KEY: rbc_morphology_median_score(cells)}
 
     def _band(self, t: dict) -> dict:
         """One row of tiles of a whole-slide scan, read tile by tile at level 0 (constant memory)."""
@@ -1156,6 +1162,8 @@ class Batch:
                 u[WBC_UNFAMILIAR_KEY] = res[WBC_UNFAMILIAR_KEY]
             if res.get(RBC_MORPHOLOGY_KEY):  # kept in the state: a resumed batch grades the slide from every field
                 u[RBC_MORPHOLOGY_KEY] = res[RBC_MORPHOLOGY_KEY]
+                if res.get(RBC_SCORE_KEY) is not None:
+                    u[RBC_SCORE_KEY] = res[RBC_SCORE_KEY]
             for k in ("apl_score", "patient_summary", "failed"):
                 if k in res:
                     u[k] = res[k]
@@ -1213,8 +1221,8 @@ class Batch:
             self.log(f"{'error' if s['status'] == 'failed' else 'warning'}: {name}: {s['error']}")
 
     def _slide_doc(self, s: dict, counts: dict, labels: list, fields: list, apl_score=None, unfamiliar=None,
-                   rbc_morphology=None, **extra) -> dict:
-        summary = summarize_totals(counts, labels, unfamiliar, rbc_morphology)
+                   rbc_morphology=None, rbc_scores=None, **extra) -> dict:
+        summary = summarize_totals(counts, labels, unfamiliar, rbc_morphology, rbc_scores)
         # a single-cell slide's patient-level flags (apl_suspected, variant lymphocytes, unreadable files)
         # belong in the slide summary that slides.csv / .parquet / summary.html read
         have = {f["code"] for f in summary["flags"]}
@@ -1231,7 +1239,7 @@ class Batch:
         counts: dict = _add_counts({}, {})
         labels: list = []
         unf: list = []
-        morph = None
+        morph, mscores = None, []
         fields = []
         apl = None
         for f in s["fields"]:
@@ -1244,6 +1252,8 @@ class Batch:
                 labels += u[WBC_LABELS_KEY]
                 unf += _unfamiliar_of(u)
                 morph = _add_morph(morph, u.get(RBC_MORPHOLOGY_KEY))
+                if u.get(RBC_SCORE_KEY) is not None:
+                    mscores.append(u[RBC_SCORE_KEY])
                 rec["output"] = f["name"]
                 rec["counts"] = u["counts"]
             fields.append(rec)
@@ -1253,7 +1263,8 @@ class Batch:
             counts, labels, apl = u["counts"], u[WBC_LABELS_KEY], u.get("apl_score")
             unf = _unfamiliar_of(u)
             extra["patient_summary"] = u.get("patient_summary")
-        doc = self._slide_doc(s, counts, labels, fields, apl_score=apl, unfamiliar=unf, rbc_morphology=morph, **extra)
+        doc = self._slide_doc(s, counts, labels, fields, apl_score=apl, unfamiliar=unf, rbc_morphology=morph,
+                              rbc_scores=mscores, **extra)
         write_text_atomic(self.out / s["slide"] / "slide.json", _json(doc))
         if s["kind"] == "fields":
             self._drop_stale_fields(s)

@@ -244,24 +244,42 @@ def morphology_counts(types: Sequence[str | None]) -> dict[str, int]:
     return {t: int(by.get(t, 0)) for t in RBC_MORPHOLOGY}
 
 
-def morphology_summary(counts: dict[str, int]) -> tuple[dict[str, Any], list[dict]]:
+# A field whose typed red cells have a median morphology score under this is unlike the training fields
+# (another camera, stain or focus): its grades are reported but not flagged. Chula validation fields: median
+# score 0.85 at the lowest (5th percentile 0.87; test fields 0.86, one 0.78); 12 BCCD test fields (a blurry
+# phone-camera microscope, where most red cells came out "spherocyte"): 0.54-0.82. Chosen on validation.
+MIN_FIELD_SCORE = 0.84
+
+
+def morphology_summary(counts: dict[str, int], median_score: float | None = None) -> tuple[dict[str, Any], list[dict]]:
     """(``summary.rbc_morphology``, flags) from the count of each type among the typed red cells
     (:func:`morphology_counts`): a field's, or a slide's summed over all its fields (batch).
 
     ``rbc_morphology`` has ``red_cells`` (the base), ``reference``, and per type of ``RBC_MORPHOLOGY``
     ``{count, percent, grade}`` (``grade`` None for normal). A type graded 2+ or more is flagged
-    (``FLAG_CODES``)."""
+    (``FLAG_CODES``), unless ``median_score`` (the median ``morphology_score`` of the typed cells) is under
+    ``MIN_FIELD_SCORE``: then ``unfamiliar`` is true and one ``rbc_morphology_unfamiliar`` flag stands in
+    for the grade flags."""
     n = int(sum(counts.get(t, 0) for t in RBC_MORPHOLOGY))
     out: dict[str, Any] = {"red_cells": n}
     flags = []
+    unfamiliar = median_score is not None and n > 0 and float(median_score) < MIN_FIELD_SCORE
     for t in RBC_MORPHOLOGY:
         c = int(counts.get(t, 0))
         pct = round(100.0 * c / n, 2) if n else 0.0
         grade = None if t == "normal" else icsh_grade(t, pct)
         out[t] = {"count": c, "percent": pct, "grade": grade}
-        if grade is not None and GRADES.index(grade) >= FLAG_MIN_GRADE:
+        if grade is not None and GRADES.index(grade) >= FLAG_MIN_GRADE and not unfamiliar:
             few = f"; graded on {n} red cells, ICSH counts at least {ICSH_MIN_RBC}" if n < ICSH_MIN_RBC else ""
             flags.append({"code": FLAG_CODES[t], "grade": grade, "message":
                           f"{t.replace('_', ' ')}: {pct}% of red cells, ICSH grade {grade}{few}; review the red-cell gallery"})
     out["reference"] = "ICSH 2015 (Palmer et al., Int J Lab Hematol 37:287)"
+    if median_score is not None and n:
+        out["median_score"] = round(float(median_score), 4)
+        out["unfamiliar"] = bool(unfamiliar)
+    if unfamiliar:
+        flags.append({"code": "rbc_morphology_unfamiliar", "message": (
+            f"the red cells look unlike the fields the morphology model was trained on (median score "
+            f"{float(median_score):.2f} < {MIN_FIELD_SCORE}; one lab's camera and stain): types and grades are not "
+            "reliable, so no grade is flagged; review the red-cell gallery")})
     return out, flags

@@ -123,7 +123,7 @@ def summarize(cells: Cells) -> dict[str, Any]:
     out = {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
     mc = rbc_morphology_counts(cells)
     if mc is not None:
-        out["rbc_morphology"], mflags = morphology_summary(mc)
+        out["rbc_morphology"], mflags = morphology_summary(mc, rbc_morphology_median_score(cells))
         flags.extend(mflags)
     if n_unf:
         out["unfamiliar"] = n_unf
@@ -142,6 +142,18 @@ def rbc_morphology_counts(cells) -> dict[str, int] | None:
         return None
     typed = [m for k, m in zip(cells.kind, col) if k == "rbc" and m is not None]
     return morphology_counts(typed) if typed else None
+
+
+def rbc_morphology_median_score(cells) -> float | None:
+    """Median ``morphology_score`` of the typed red cells (a slide tally gives its own), or None."""
+    given = getattr(cells, "rbc_morphology_score", None)
+    if given is not None or getattr(cells, "rbc_morphology_counts", None) is not None:
+        return given
+    col = getattr(cells, "morphology_score", None)
+    if col is None:
+        return None
+    s = [float(v) for k, m, v in zip(cells.kind, cells.morphology, col) if k == "rbc" and m is not None and v == v]
+    return float(np.median(s)) if s else None
 
 
 def report_dict(cells: Cells, models: dict, timings: dict | None = None) -> dict[str, Any]:
@@ -311,7 +323,9 @@ def _rbc_section(s: dict, gallery: dict[str, list[tuple[int, np.ndarray]]], cell
         more = m[t]["count"] - len(items)
         note = f"<p class='note'>{more} more not shown (cells.csv lists all)</p>" if more > 0 else ""
         gal.append(f"<h3>{e(t.replace('_', ' '))} ({m[t]['count']})</h3><div class='gallery rbc'>{figs}</div>{note}")
-    return (f"<h2>Red-cell morphology</h2><p class='note'>{m['red_cells']} red cells typed; grades as "
+    warn = ("<p><b>These red cells look unlike the training fields</b> (median score "
+            f"{m.get('median_score', 0):.2f}): types and grades are not reliable.</p>") if m.get("unfamiliar") else ""
+    return (f"<h2>Red-cell morphology</h2>{warn}<p class='note'>{m['red_cells']} red cells typed; grades as "
             f"{e(m['reference'])}: 0, 1+ (few), 2+ (moderate), 3+ (many); 2+ and above are flagged.</p>"
             f"<table class='grades'><tr><th>type</th><th>cells</th><th>percent of red cells</th><th>ICSH grade</th></tr>"
             f"{''.join(rows)}</table><h2>Red-cell gallery</h2>{''.join(gal)}")

@@ -52,3 +52,16 @@ def test_summary_from_counts_grades_percent_of_typed_red_cells_and_flags_from_2p
     assert "graded on 100 red cells" in flags2[0]["message"]  # fewer than ICSH's 1000: said
     s3, flags3 = morphology_summary(morphology_counts([]))
     assert s3["red_cells"] == 0 and not flags3 and all(s3[t]["percent"] == 0.0 for t in RBC_MORPHOLOGY)
+
+
+def test_a_field_unlike_the_training_fields_reports_grades_but_flags_none():
+    """A blurry phone-camera field (BCCD) came out mostly "spherocyte" at a median score of ~0.75; Chula
+    validation fields score 0.85 and up (morphology.MIN_FIELD_SCORE)."""
+    from bccdet.morphology import MIN_FIELD_SCORE
+
+    counts = morphology_counts(["normal"] * 4 + ["spherocyte"] * 12 + ["schistocyte"] * 2)
+    s, flags = morphology_summary(counts, median_score=0.75)
+    assert s["unfamiliar"] is True and s["median_score"] == 0.75 and s["spherocyte"]["grade"] == "3+"
+    assert [f["code"] for f in flags] == ["rbc_morphology_unfamiliar"]
+    s, flags = morphology_summary(counts, median_score=MIN_FIELD_SCORE)
+    assert s["unfamiliar"] is False and {f["code"] for f in flags} == {"spherocytes", "schistocytes"}

@@ -74,6 +74,7 @@ def test_analyze_types_and_grades_red_cells_and_can_skip_it(held_out, tmp_path):
     rbc = [c for c in rep["cells"] if c["kind"] == "rbc"]
     assert len(rbc) > 50 and all(c["morphology"] and 0 < c["morphology_score"] <= 1 for c in rbc)
     m = rep["summary"]["rbc_morphology"]
+    assert m["unfamiliar"] is False and m["median_score"] >= 0.84  # a held-out field of the training lab
     assert m["red_cells"] == len(rbc) and sum(m[t]["count"] for t in m if isinstance(m[t], dict)) == len(rbc)
     assert rep["models"]["rbc_morphology"]["name"] == resolve(None, "rbc_morphology")[1]
     assert rep["timings_ms"]["rbc_morphology"] > 0
@@ -102,9 +103,24 @@ def test_batch_grades_a_slide_from_the_red_cells_of_all_its_fields(held_out, tmp
     total = {t: sum(f[t]["count"] for f in fields) for t in fields[0] if isinstance(fields[0][t], dict)}
     got = doc["summary"]["rbc_morphology"]
     assert got["red_cells"] == sum(f["red_cells"] for f in fields) > 100
-    assert got == morphology_summary(total)[0]  # graded once from the summed counts, not averaged
+    scores = [f["median_score"] for f in fields]
+    want = morphology_summary(total, float(np.median(scores)))[0]  # graded once from the summed counts
+    assert abs(got.pop("median_score") - want.pop("median_score")) < 1e-3 and got == want
+    assert got["unfamiliar"] is False
     import csv
 
     row = next(csv.DictReader(open(tmp_path / "out" / "slides.csv")))
     assert int(row["rbc_typed"]) == got["red_cells"]
     assert all(row[f"rbc_grade_{t}"] == got[t]["grade"] for t in got if isinstance(got[t], dict) and t != "normal")
+
+
+def test_a_phone_camera_field_is_typed_but_not_graded_as_abnormal(bccd, tmp_path):
+    """The README sample (BCCD, another camera and stain): its red cells came out mostly "spherocyte"; the
+    field's median score (0.76) says they are unlike the training fields, so no grade is flagged."""
+    p = bccd / "JPEGImages" / "BloodImage_00007.jpg"
+    r = run_cli("analyze", p, "--out", tmp_path, "--no-refine", "--no-classify")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / p.stem / "report.json").read_text())["summary"]
+    codes = {f["code"] for f in s["flags"]}
+    assert s["rbc_morphology"]["unfamiliar"] is True and "rbc_morphology_unfamiliar" in codes
+    assert not codes & {"spherocytes", "schistocytes", "target_cells"}
