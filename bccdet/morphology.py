@@ -4,10 +4,10 @@ morphology classifier sees, and the ICSH 2015 grades of a smear (docs/rbc.md).
 * :func:`field_scale` - the field's own red-cell size (median area of its red cells), the unit of every
   size judgement: a macrocyte or microcyte is large or small *against the normal cells of the same field*
   (or against microns when ``mpp`` is known), whatever the camera's magnification.
-* :func:`shape_features` - per red cell: area relative to that unit, elongation, solidity, circularity,
-  central pallor and staining density (``FEATURES``).
 * :func:`rbc_crops` - a square window of ``CROP_FIELD_DIAMETERS`` median red-cell diameters around each
-  cell, so that cell size is visible in the crop as it is in the field, plus the cell's own mask.
+  cell, so that cell size is visible in the crop as it is in the field, plus the cell's own mask; and per
+  red cell its shape features (``FEATURES``): area relative to that unit, elongation, solidity,
+  circularity, central pallor and staining density.
 * :func:`icsh_grade` / :func:`morphology_summary` - ICSH grades per type (``ICSH_GRADES``) and flags.
 
 cv2 (from opencv, which ultralytics brings) is imported inside the functions that need it.
@@ -25,7 +25,7 @@ from .types import Cells
 from .vocab import RBC_MORPHOLOGY
 
 FEATURES: tuple[str, ...] = ("log_rel_area", "log_elongation", "solidity", "circularity", "pallor", "log_rel_density")
-"""Shape features of a red cell, in the order :func:`shape_features` returns them (docs/rbc.md)."""
+"""Shape features of a red cell, in the order :func:`rbc_crops` returns them (docs/rbc.md)."""
 CROP_FIELD_DIAMETERS = 1.5  # the crop window: this many median red-cell diameters of the field on a side
 CROP_PX = 48  # ... resized to this many pixels (32 px a median red-cell diameter)
 NORMAL_RBC_DIAMETER_UM = 7.5  # adult normal red cell, microns (used only when the image's mpp is known)
@@ -183,11 +183,6 @@ def rbc_crops(image: np.ndarray, cells: Cells, idx: Sequence[int] | None = None,
     for j, (gw, m) in enumerate(rows):
         feats[j] = _one_cell(gw, m, bg, unit, unit_density)
     return crops, feats, idx
-
-
-def shape_features(image: np.ndarray, cells: Cells, idx: Sequence[int] | None = None) -> np.ndarray:
-    """``FEATURES`` of the red cells ``idx`` (default every rbc): float32 (n, 6)."""
-    return rbc_crops(image, cells, idx, size=8)[1]
 
 
 # ---------------------------------------------------------------------- ICSH 2015 grading

@@ -260,10 +260,12 @@ def _jpeg_b64(arr: np.ndarray) -> str:
     return base64.b64encode(b.getvalue()).decode("ascii")
 
 
-def wbc_crops(image: np.ndarray, cells: Cells, margin: float = 0.25) -> list[tuple[int, np.ndarray]]:
+def box_crops(image: np.ndarray, cells: Cells, idx, margin: float) -> list[tuple[int, np.ndarray]]:
+    """(cell index, view of the image around its box grown by ``margin`` of its size, clipped to the image)
+    for each cell of ``idx`` whose crop is not empty: the gallery thumbnails of the report page."""
     h, w = image.shape[:2]
     out = []
-    for i in np.nonzero(cells.kind == "wbc")[0]:
+    for i in idx:
         x1, y1, x2, y2 = cells.xyxy[i]
         mx, my = (x2 - x1) * margin, (y2 - y1) * margin
         a, b = int(max(0, x1 - mx)), int(max(0, y1 - my))
@@ -273,6 +275,10 @@ def wbc_crops(image: np.ndarray, cells: Cells, margin: float = 0.25) -> list[tup
     return out
 
 
+def wbc_crops(image: np.ndarray, cells: Cells, margin: float = 0.25) -> list[tuple[int, np.ndarray]]:
+    return box_crops(image, cells, np.nonzero(cells.kind == "wbc")[0], margin)
+
+
 RBC_GALLERY_PER_TYPE = 24  # red-cell thumbnails per morphology type on the report page (lowest scores first)
 
 
@@ -280,23 +286,13 @@ def rbc_gallery_crops(image: np.ndarray, cells: Cells, per_type: int = RBC_GALLE
                       margin: float = 0.15) -> dict[str, list[tuple[int, np.ndarray]]]:
     """Morphology type -> [(cell index, crop)] of the typed red cells, at most ``per_type`` a type (the
     least certain first: the ones a reader should check)."""
-    h, w = image.shape[:2]
     by: dict[str, list[int]] = {}
     for i in np.nonzero(cells.kind == "rbc")[0]:
         if cells.morphology[i] is not None:
             by.setdefault(cells.morphology[i], []).append(int(i))
     out = {}
     for t, idx in by.items():
-        idx = sorted(idx, key=lambda i: float(cells.morphology_score[i]))[:per_type]
-        crops = []
-        for i in idx:
-            x1, y1, x2, y2 = cells.xyxy[i]
-            mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-            a, b = int(max(0, x1 - mx)), int(max(0, y1 - my))
-            c, d = int(min(w, x2 + mx)), int(min(h, y2 + my))
-            if c > a and d > b:
-                crops.append((i, image[b:d, a:c]))
-        out[t] = crops
+        out[t] = box_crops(image, cells, sorted(idx, key=lambda i: float(cells.morphology_score[i]))[:per_type], margin)
     return out
 
 

@@ -100,6 +100,7 @@ def frozen_cpu(model, ck: dict):
     """``model`` traced, frozen (batch norm folded into the convolutions) and in channels-last layout: the
     same logits (within 1e-5) in half the CPU time of eager PyTorch at 48 px (85-97 ms -> 49 ms for 105
     cells of a Chula field, 2-core CPU). None where tracing fails (the caller stays eager)."""
+    import copy
     import warnings
 
     import torch
@@ -107,8 +108,6 @@ def frozen_cpu(model, ck: dict):
     n = int(ck.get("net_px") or ck["crop_px"])
     x = torch.zeros(2, 4, n, n).contiguous(memory_format=torch.channels_last)
     f = torch.zeros(2, len(ck["feat_mean"]))
-    import copy
-
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # timm's same-padding is traced for this one input size: it is fixed
@@ -168,8 +167,6 @@ class MorphologyStage:
     """The pipeline stage: every red cell of a field gets ``morphology`` and ``morphology_score``."""
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", name: str = "", sha256: str = ""):
-        import torch
-
         self.ck = load_checkpoint(checkpoint)
         self.model = build_model(self.ck).to(device)
         self.device = device
@@ -177,7 +174,6 @@ class MorphologyStage:
         self.name = name or Path(checkpoint).stem
         self.sha256 = sha256
         self.classes = list(self.ck["classes"])
-        self._torch = torch
 
     def predict(self, crops: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, classes) of crops / features as ``rbc_crops`` makes them, after the

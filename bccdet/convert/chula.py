@@ -29,8 +29,8 @@ from ..vocab import CHULA_CLASSES, RBC_MORPHOLOGY
 from .common import ConversionError
 
 SPLITS = ("train", "val", "test")
-STORE_PX = 64  # crops are stored this large, at analyze's scale (CROP_PX px for CROP_FIELD_DIAMETERS):
-STORE_DIAMETERS = CROP_FIELD_DIAMETERS * STORE_PX / CROP_PX  # the margin lets training shift the crop
+STORE_PX = 64  # crops are stored this large, at analyze's scale (CROP_PX px for CROP_FIELD_DIAMETERS): the
+# margin around analyze's window lets training shift the crop
 
 
 def chula_fields(root: Path) -> list[tuple[Path, np.ndarray]]:
