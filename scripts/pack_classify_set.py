@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Re-encode converted classify sets small enough to travel to a rented GPU (used for the 320 px model).
 
-    python scripts/pack_classify_set.py --src data/pbc-cls --src data/deepapl-cls --dst gpu/data \\
+    .venv/bin/python scripts/pack_classify_set.py --src data/pbc-cls --src data/deepapl-cls --dst gpu/data \\
         --quality 50 --val-per-set 600
 
 Writes DST/<set>/{train,val}/<label>/<file>.webp: every training image re-encoded as WebP at
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from PIL import Image
 
-from PIL import Image  # noqa: E402
-
-from bccdet.adapters.classifier import _read_split  # noqa: E402
+from bccdet.adapters.classifier import _read_split  # bccdet installed in .venv by scripts/setup.sh
 
 
 def main() -> None:
