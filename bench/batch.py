@@ -1,6 +1,6 @@
 """Benchmark `bccdet batch` against `bccdet analyze` on BCCD fields (CPU by default).
 
-    .venv/bin/python bench/batch.py --detector FILE|NAME [--n 20,200] [--slide-size 10] [--workers 1]
+    .venv/bin/python -m bench.batch --detector FILE|NAME [--n 20,200] [--slide-size 10] [--workers 1]
                                     [--ray] [--kill-fields 40 --kills 5]
 
 For each N (fields, grouped into slides of ``--slide-size``), in separate processes run one after the
@@ -28,20 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bccdet.batch import complete_field_dirs, output_snapshot  # noqa: E402  (light: no ML imports)
+from bccdet.batch import complete_field_dirs, output_snapshot  # light: no ML imports
+from bench.common import REPO, need_dataset, print_machine
 
 
 def _fields(n: int) -> list[Path]:
-    from bccdet.data import dataset
-
-    b = dataset("bccd")
-    if b is None:
-        sys.exit("BCCD absent: set BCCDET_DATA")
-    files = sorted((b / "JPEGImages").glob("*.jpg"))
+    files = sorted((need_dataset("bccd") / "JPEGImages").glob("*.jpg"))
     if n > len(files):
         sys.exit(f"only {len(files)} BCCD fields; ask for at most that many")
     return files[:n]
@@ -129,7 +121,6 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="Keep the temporary folders.")
     a = ap.parse_args()
-    from machine import machine
 
     from bccdet.weights import resolve
 
@@ -156,7 +147,7 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"kept {tmp}")
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"fields: BCCD 640x480 JPG, slides of {a.slide_size}; detector {Path(det).name}; detect only, CPU")
     if rows:
         print(f"{'N':>5}  {'run':<18}{'wall s':>8}{'fields/min':>12}{'ms/field':>10}{'peak RSS':>10}{'x analyze':>11}  rc")

@@ -1,6 +1,6 @@
 """Benchmark the leukocyte classifier: ms per crop at batch 1 and batch 32, in one run.
 
-    .venv/bin/python bench/classifier.py [--checkpoint FILE] [--imgsz 160] [--n 64] [--threads N] [--device cpu]
+    .venv/bin/python -m bench.classifier [--checkpoint FILE] [--imgsz 160] [--n 64] [--threads N] [--device cpu]
                                          [--precisions fp32,bf16]
 
 Without ``--checkpoint`` an untrained network of the same architecture is timed (the cost does not
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.common import print_machine
 
 
 def main() -> None:
@@ -38,7 +35,6 @@ def main() -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from machine import machine
 
     from bccdet.adapters import classifier as C
 
@@ -67,7 +63,7 @@ def main() -> None:
                 runs.append((time.perf_counter() - t) / len(crops) * 1e3)
             rows.append((clf.precision, bs, statistics.median(runs), min(runs)))
 
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"model: {Path(ck).name} ({C.ARCH}, {clf.imgsz}x{clf.imgsz}, margin {clf.margin}), device {a.device}, "
           f"{a.n} crops x {a.repeat} passes")
     print(f"{'precision':>10}{'batch':>6}{'ms/crop (median)':>18}{'ms/crop (best)':>16}{'crops/s':>10}{'x first':>9}")

@@ -1,6 +1,6 @@
 """The leukocyte classifier on a lab it never saw: wbc-seg (Zheng et al. 2018, Dataset 2).
 
-    .venv/bin/python bench/classifier_external.py [--weights NAME|FILE ...]
+    .venv/bin/python -m bench.classifier_external [--weights NAME|FILE ...]
 
 100 single-cell CellaVision images (300x300) from another lab than PBC / DeepAPL, 5 normal classes
 (labels.csv: neutrophil, lymphocyte, monocyte, eosinophil, basophil). None of it was used in training
@@ -14,25 +14,17 @@ cell labelled lymphocyte as right: that set's 5-class scheme has no variant clas
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from wbcseg import NAMES, wbcseg_cells  # noqa: E402
-
+from bench.common import WBCSEG_NAMES as NAMES, wbcseg_cells, print_machine
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", nargs="*", default=[None])
     a = ap.parse_args()
-    from machine import machine
 
     from bccdet.adapters.classifier import CellClassifier
     from bccdet.io import read_image
@@ -42,7 +34,7 @@ def main() -> None:
     files, names = wbcseg_cells()
     y = np.array(names)
     imgs = [read_image(f) for f in files]
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"wbc-seg: {len(y)} images; " + ", ".join(f"{k} {v}" for k, v in Counter(y).items()))
     print(f"{'model':<28}{'acc (12)':>9}{'acc (12, vl=ly)':>16}{'acc (5)':>9}" + "".join(f"{n[:5]:>7}" for n in NAMES) + "   top confusions (12 labels)")
     keep = [LABELS.index(n) for n in NAMES]

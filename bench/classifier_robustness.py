@@ -1,7 +1,7 @@
 """Classifier robustness on the PBC test split: accuracy on clean images and on 0.5x / 2x scale, JPEG
 quality 50 and a hue shift, in one run (the issue's rule: each within 2 points of clean).
 
-    .venv/bin/python bench/classifier_robustness.py [--data data/pbc-cls] [--weights NAME|FILE] [--limit N]
+    .venv/bin/python -m bench.classifier_robustness [--data data/pbc-cls] [--weights NAME|FILE] [--limit N]
 
 The copy of PBC in ../shared was resized to 256 px WebP, so "original size" here is that copy; 0.5x and
 2x rescale it before the classifier's own crop. Prints a table and the machine.
@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.common import REPO, print_machine
 
 
 def perturb(img: np.ndarray, kind: str) -> np.ndarray:
@@ -49,7 +47,6 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args()
-    from machine import machine
 
     from bccdet.adapters.classifier import CellClassifier, _read_split
     from bccdet.io import read_image
@@ -63,7 +60,7 @@ def main() -> None:
     clf = CellClassifier(w, name=name, sha256=sha)
     imgs = [read_image(p) for p, _ in items]
     y = np.array([LABELS.index(lab) for _, lab in items])
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"classifier {name} ({sha[:12]}) on PBC test ({len(items)} images)")
     print(f"{'condition':<12}{'accuracy':>10}{'vs clean':>10}{'s':>7}")
     clean = None

@@ -1,6 +1,6 @@
 """DeepAPL held-out patients: blast recall / precision per cell and patient-level APL-vs-AML AUC of apl_score.
 
-    .venv/bin/python bench/deepapl.py [--data data/deepapl-cls] [--weights NAME|FILE] [--splits test,val]
+    .venv/bin/python -m bench.deepapl [--data data/deepapl-cls] [--weights NAME|FILE] [--splits test,val]
 
 Reads the converted set's manifest.csv (patient in the ``group`` column) and ``master.csv`` (diagnosis)
 from the DeepAPL folder in $BCCDET_DATA / ../shared/datasets. Patients of the given splits were never
@@ -17,33 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-
-def auc(scores, labels) -> float:
-    """Mann-Whitney AUC (ties count half)."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
-def recall_at_precision(score, is_pos, min_precision: float) -> tuple[float, float, float]:
-    """Best recall over thresholds on ``score`` whose precision >= ``min_precision``: (recall, precision, threshold)."""
-    order = np.argsort(-score, kind="stable")
-    y = np.asarray(is_pos, bool)[order]
-    tp = np.cumsum(y)
-    prec = tp / np.arange(1, len(y) + 1)
-    rec = tp / max(1, int(y.sum()))
-    ok = np.flatnonzero(prec >= min_precision)
-    if not len(ok):
-        return 0.0, float("nan"), float("nan")
-    k = ok[np.argmax(rec[ok])]
-    return float(rec[k]), float(prec[k]), float(score[order][k])
+from bench.common import REPO, auc, recall_at_precision, print_machine
 
 
 def main() -> None:
@@ -54,7 +28,6 @@ def main() -> None:
     ap.add_argument("--apl-model", default="default", help="patient model file for the learned apl_score "
                     "(default: the registered one; 'none': only the rule)")
     a = ap.parse_args()
-    from machine import machine
 
     from bccdet.adapters.classifier import CellClassifier, apl_score, apl_score_model, resolve_apl_model
     from bccdet.data import dataset
@@ -85,7 +58,7 @@ def main() -> None:
     pats = sorted(by)
     scores = [apl_score(probs[by[p], LABELS.index("promyelocyte")], probs[by[p], LABELS.index("blast")]) for p in pats]
     ys = [diag.get(p) == "APL" for p in pats]
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"classifier {name} ({sha[:12]}), DeepAPL splits {sorted(splits)}: {len(rows)} cells, {len(pats)} patients "
           f"({sum(ys)} APL)")
     print(f"{'cell accuracy':<28}{acc:.4f}")

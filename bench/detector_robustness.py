@@ -1,6 +1,6 @@
 """The detector under colour, stain, focus and compression changes: recall per kind on BCCD test fields.
 
-    .venv/bin/python bench/detector_robustness.py [--n 24] [--split test|val] [--detector NAME|FILE ...]
+    .venv/bin/python -m bench.detector_robustness [--n 24] [--split test|val] [--detector NAME|FILE ...]
 
 Each of the first ``--n`` BCCD test fields is changed (grey, hue rotated by +-30 / +60 / +90 degrees,
 saturation x0.5 / x1.8, darker x0.6, Gaussian blur sigma 2 / 4, JPEG quality 30) and given to each
@@ -11,16 +11,10 @@ IoU 0.5. Other labs' stains, cameras and focus differ in these ways. Prints a ta
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from detector_scale import BCCD_KIND, bccd_field, count_hits  # noqa: E402
+from bench.common import BCCD_KIND, bccd_field, count_hits, need_dataset, bccd_stems, print_machine
 
 
 def changes():
@@ -61,18 +55,14 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="BCCD's published split to take the fields from (val: to choose a model)")
     ap.add_argument("--detector", nargs="*", default=[None])
     a = ap.parse_args()
-    from machine import machine
 
     from bccdet.adapters.yolo import YoloDetector
-    from bccdet.data import dataset
     from bccdet.types import SmearMeta
     from bccdet.weights import resolve
 
-    b = dataset("bccd")
-    if b is None:
-        sys.exit("BCCD absent: set BCCDET_DATA")
-    fields = [bccd_field(b, st)[1:] for st in (b / "ImageSets/Main" / f"{a.split}.txt").read_text().split()[:a.n]]
-    print(f"machine: {machine()}")
+    b = need_dataset("bccd")
+    fields = [bccd_field(b, st)[1:] for st in bccd_stems(b, a.split, a.n)]
+    print_machine()
     print(f"first {len(fields)} BCCD {a.split} fields, recall RBC / WBC / platelets at IoU 0.5")
     names = []
     table = {}

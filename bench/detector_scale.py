@@ -1,6 +1,6 @@
 """The detector on cells larger or smaller than it learnt: recall when BCCD fields are resized.
 
-    .venv/bin/python bench/detector_scale.py [--n 24] [--factors 0.25,0.33,0.5,1,2,3,4,6] [--detector NAME|FILE]
+    .venv/bin/python -m bench.detector_scale [--n 24] [--factors 0.25,0.33,0.5,1,2,3,4,6] [--detector NAME|FILE]
 
 Factors over 1 (a high-resolution camera): the first ``--n`` BCCD test fields are upscaled (bilinear).
 Factors under 1 (a low-magnification objective or camera): k x k BCCD test fields (k = round(1 / factor),
@@ -14,37 +14,11 @@ kind at IoU 0.5), the median factor auto used, and ms per image. Prints a table 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-from xml.etree import ElementTree as ET
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-BCCD_KIND = {"RBC": "rbc", "WBC": "wbc", "Platelets": "platelet"}
-
-
-def bccd_field(root: Path, stem: str):
-    """(stem, RGB image, [(kind, published box xyxy)]) of one BCCD field, its boxes as published (not cleaned)."""
-    from bccdet.io import read_image
-
-    gt = [(BCCD_KIND[o.findtext("name")], [float(o.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
-          for o in ET.parse(root / "Annotations" / f"{stem}.xml").getroot().iter("object")]
-    return stem, read_image(root / "JPEGImages" / f"{stem}.jpg"), gt
-
-
-def count_hits(hit: dict, cells, gt) -> None:
-    """Add to ``hit[kind] = [found, all]`` the boxes of ``gt`` matched by a detection of their kind at IoU 0.5."""
-    from bccdet.types import box_iou
-
-    for k, box in gt:
-        d = cells.xyxy[cells.kind == k]
-        hit[k][1] += 1
-        hit[k][0] += bool(len(d)) and box_iou(d, np.asarray(box, np.float32)[None]).max() >= 0.5
+from bench.common import BCCD_KIND, bccd_field, count_hits, need_dataset, bccd_stems, print_machine
 
 
 def main() -> None:
@@ -54,17 +28,13 @@ def main() -> None:
     ap.add_argument("--detector", default=None)
     a = ap.parse_args()
     import cv2
-    from machine import machine
 
     from bccdet.adapters.yolo import YoloDetector
-    from bccdet.data import dataset
     from bccdet.types import SmearMeta
     from bccdet.weights import resolve
 
-    b = dataset("bccd")
-    if b is None:
-        sys.exit("BCCD absent: set BCCDET_DATA")
-    all_stems = (b / "ImageSets/Main/test.txt").read_text().split()
+    b = need_dataset("bccd")
+    all_stems = bccd_stems(b, "test")
     stems = all_stems[:a.n]
     w, name, sha = resolve(a.detector, "detector")
     dets = {"auto": YoloDetector(w, name=name, sha256=sha), "1.0 (tiles)": YoloDetector(w, name=name, sha256=sha, scale=1.0)}
@@ -103,7 +73,7 @@ def main() -> None:
                 count_hits(hit, c, gt)
             ms = (time.perf_counter() - t0) / n * 1e3
             rows.append((f, how, n, *(hit[k][0] / max(1, hit[k][1]) for k in ("rbc", "wbc", "platelet")), float(np.median(used)), ms))
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"detector {name}; BCCD test fields (640 x 480): upscaled (first {len(fields)}), or k x k shrunk into one; "
           "recall at IoU 0.5")
     print(f"{'factor':>7}  {'scale':<12}{'images':>7}{'RBC':>6}{'WBC':>6}{'PLT':>6}{'used':>7}{'ms/img':>8}")

@@ -1,6 +1,6 @@
 """Benchmark the analyze pipeline on the BCCD test fields (CPU by default).
 
-    .venv/bin/python bench/pipeline.py [--n 72] [--detector NAME|FILE] [--device cpu] [--border 16] [--fields bccd|chula]
+    .venv/bin/python -m bench.pipeline [--n 72] [--detector NAME|FILE] [--device cpu] [--border 16] [--fields bccd|chula]
 
 Each configuration (detect only; + SAM refinement; + classification; + red-cell morphology; all, as
 `analyze` runs by default) runs in its own process so
@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.common import REPO, bccd_stems, need_dataset, print_machine
 
 CONFIGS = {"detect": (False, False, False), "detect+refine": (True, False, False), "detect+classify": (False, True, False),
            "detect+rbc": (False, False, True), "full": (True, True, False), "full+rbc": (True, True, True)}
@@ -29,18 +27,11 @@ CONFIGS = {"detect": (False, False, False), "detect+refine": (True, False, False
 
 
 def _fields(n: int, source: str = "bccd") -> list[Path]:
-    from bccdet.data import dataset
-
     if source == "chula":  # another lab's camera, ~100-150 red cells a field (docs/rbc.md)
-        c = dataset("chula-rbc-12")
-        if c is None:
-            sys.exit("chula-rbc-12 absent: set BCCDET_DATA")
+        c = need_dataset("chula-rbc-12")
         return sorted((c / "images").glob("*.webp"), key=lambda p: int(p.stem))[:n]
-    b = dataset("bccd")
-    if b is None:
-        sys.exit("BCCD absent: set BCCDET_DATA")
-    stems = (b / "ImageSets/Main/test.txt").read_text().split()[:n]
-    return [b / "JPEGImages" / f"{s}.jpg" for s in stems]
+    b = need_dataset("bccd")
+    return [b / "JPEGImages" / f"{s}.jpg" for s in bccd_stems(b, "test", n)]
 
 
 def run_one(config: str, n: int, detector: str | None, device: str, border: int | None = None,
@@ -108,21 +99,20 @@ def main() -> None:
     if a.one:
         print(json.dumps(run_one(a.one, a.n, a.detector, a.device, a.border, a.fields)))
         return
-    from machine import machine
 
     results = []
     for cfg in a.configs.split(","):
-        cmd = [sys.executable, __file__, "--one", cfg, "--n", str(a.n), "--device", a.device, "--fields", a.fields]
+        cmd = [sys.executable, "-m", "bench.pipeline", "--one", cfg, "--n", str(a.n), "--device", a.device, "--fields", a.fields]
         if a.detector:
             cmd += ["--detector", a.detector]
         if a.border is not None:
             cmd += ["--border", str(a.border)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{cfg}: skipped ({(r.stderr.strip().splitlines() or ['failed'])[-1][:120]})")
             continue
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    print(f"machine: {machine()}")
+    print_machine()
     prec = sorted({r["sam_precision"] for r in results if r.get("sam_precision")})
     from bccdet.weights import resolve
 

@@ -1,6 +1,6 @@
 """SAM box prompts on wbc-seg (whole-cell masks): IoU / Dice from the true box and a jittered box, and CPU time.
 
-    .venv/bin/python bench/sam.py [--limit N] [--modes field256,win128,win192,win256] [--threads 2]
+    .venv/bin/python -m bench.sam [--limit N] [--modes field256,win128,win192,win256] [--threads 2]
                                   [--sam default] [--shrink 0.2]
 
 Modes: ``field256`` (whole image encoded once) or ``win<px>[c<context>]`` (a window per cell, ``context``
@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import machine as describe
 
 
 def score(pred_crop, off, gt):
@@ -168,9 +167,6 @@ def main():
     from bccdet.adapters.sam import SamModel
     from bccdet.adapters.sam_tune import wbc_seg_items
     from bccdet.data import dataset
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from machine import machine as describe
 
     root = dataset("wbc-seg")
     if root is None:

@@ -1,6 +1,6 @@
 """Does a cell look like the classifier's training data? Choose and fit the familiarity score (issue #5).
 
-    .venv/bin/python bench/classifier_familiarity.py [--weights NAME|FILE] [--cache runs/familiarity-emb.npz]
+    .venv/bin/python -m tools.classifier_familiarity [--weights NAME|FILE] [--cache runs/familiarity-emb.npz]
                                                      [--threads 2] [--write]
 
 Embeds (penultimate features of the classifier, L2-normalised) the PBC and DeepAPL classify sets
@@ -26,12 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from wbcseg import wbcseg_cells  # noqa: E402
-
+from bench.common import REPO, wbcseg_cells, print_machine
 
 
 def _embed_all(clf, threads: int) -> dict:
@@ -88,7 +83,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="write weights/<classifier>.familiarity.npz")
     a = ap.parse_args()
-    from machine import machine
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import NearestNeighbors
 
@@ -108,7 +102,7 @@ def main() -> None:
         if a.cache:
             a.cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(a.cache, **d)
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"classifier {name} ({sha[:12]})")
     tr = np.concatenate([d["pbc_E"][d["pbc_split"] == "train"], d["apl_E"][d["apl_split"] == "train"]])
     va = np.concatenate([d["pbc_E"][d["pbc_split"] == "val"], d["apl_E"][d["apl_split"] == "val"]])

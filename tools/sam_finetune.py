@@ -1,6 +1,6 @@
 """Fine-tuned LiteMedSAM decoder on wbc-seg, measured by k-fold cross-validation (held-out images only).
 
-    .venv/bin/python bench/sam_finetune.py [--folds 5] [--steps 400] [--threads 1] [--baseline]
+    .venv/bin/python -m tools.sam_finetune [--folds 5] [--steps 400] [--threads 1] [--baseline]
                                            [--final weights/bccdet-litemedsam-blood.pt]
 
 Image i is in fold i % k. For each fold the decoder starts again from LiteMedSAM as shipped, is trained
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.common import machine as describe
 
 MODES = ("field", "window")
 
@@ -30,7 +29,7 @@ MODES = ("field", "window")
 def evaluate(model, items, jboxes, idx):
     """{item index: {mode: {"a": (iou, dice), "b": (iou, dice)}}} through the real inference paths."""
     from bccdet.adapters.sam import largest_component
-    from sam import score  # bench/sam.py
+    from bench.sam import score
 
     out = {}
     for i in idx:
@@ -50,7 +49,7 @@ def evaluate(model, items, jboxes, idx):
 def detector_vs_refined(model, items, idx, det):
     """(c) with the SamRefiner stage running on ``model`` (the decoder being cross-validated)."""
     from bccdet.adapters.sam import SamRefiner
-    from sam import refine_detected  # bench/sam.py
+    from bench.sam import refine_detected
 
     ref = SamRefiner("litemedsam", kinds=("wbc",), precision="fp32")
     ref.model = model
@@ -90,7 +89,6 @@ def main():
     from bccdet.adapters import sam_tune as T
     from bccdet.adapters.sam import SamModel
     from bccdet.data import dataset
-    from machine import machine as describe
 
     root = dataset("wbc-seg")
     if root is None:

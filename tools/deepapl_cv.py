@@ -1,10 +1,11 @@
-"""DeepAPL patient-level cross-validation of a classifier recipe (issue #5).
+"""DeepAPL patient-level cross-validation of a classifier recipe (issue #5); `fit-apl` builds the shipped
+weights/bccdet-apl-lr.json.
 
-    .venv/bin/python bench/deepapl_cv.py folds  [--k 5] [--out data/deepapl-cv]
-    .venv/bin/python bench/deepapl_cv.py train  --fold N [--out runs/cv] [-- extra `train classifier` options]
-    .venv/bin/python bench/deepapl_cv.py predict --fold N [--out runs/cv]   (predict again from a trained fold)
-    .venv/bin/python bench/deepapl_cv.py score  [--out runs/cv]
-    .venv/bin/python bench/deepapl_cv.py fit-apl [--dest weights/bccdet-apl-lr.json] [--only-split train]
+    .venv/bin/python -m tools.deepapl_cv folds  [--k 5] [--out data/deepapl-cv]
+    .venv/bin/python -m tools.deepapl_cv train  --fold N [--out runs/cv] [-- extra `train classifier` options]
+    .venv/bin/python -m tools.deepapl_cv predict --fold N [--out runs/cv]   (predict again from a trained fold)
+    .venv/bin/python -m tools.deepapl_cv score  [--out runs/cv]
+    .venv/bin/python -m tools.deepapl_cv fit-apl [--dest weights/bccdet-apl-lr.json] [--only-split train]
 
 ``folds`` splits every patient of ``data/deepapl-cls`` (all of its splits: the 73 Discovery patients
 with signed cells) into ``k`` folds, stratified by diagnosis (APL / AML, from ``master.csv``), seed 0.
@@ -35,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.common import REPO, auc, recall_at_precision, print_machine
+
 
 C160 = ["--epochs", "10", "--imgsz", "160", "--batch", "32", "--freeze-epochs", "1", "--lr", "1e-3",
         "--samples-per-epoch", "4000", "--threads", "1"]
@@ -128,7 +128,6 @@ def fit_apl(out: Path, dest: Path, only_split: str | None) -> None:
     """Fit the patient model on every out-of-fold patient (or those of one split of data/deepapl-cls)."""
     import datetime
 
-    from deepapl import auc
 
     from bccdet.adapters.classifier import fit_apl_model
 
@@ -141,7 +140,7 @@ def fit_apl(out: Path, dest: Path, only_split: str | None) -> None:
     folds = json.loads((Path(REPO / "data" / "deepapl-cv") / "folds.json").read_text())
     model = fit_apl_model(feats, ys, patients=pats, loo_auc=round(loo, 4),
                           fitted_on=f"out-of-fold cell probabilities of a {folds['k']}-fold patient-level CV of the 160 px "
-                                    f"classifier recipe (bench/deepapl_cv.py), DeepAPL Discovery"
+                                    f"classifier recipe (tools/deepapl_cv.py), DeepAPL Discovery"
                                     + (f", patients of split {only_split!r} only" if only_split else ""),
                           created=datetime.date.today().isoformat())
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +152,6 @@ def fit_apl(out: Path, dest: Path, only_split: str | None) -> None:
 
 
 def score(out: Path) -> None:
-    from deepapl import auc, recall_at_precision
-    from machine import machine
 
     from bccdet.adapters.classifier import apl_score
     from bccdet.vocab import LABELS
@@ -165,7 +162,7 @@ def score(out: Path) -> None:
         sys.exit(f"no {out}/fold*/pred.npz yet (run `train --fold N` first)")
     ib, ip = LABELS.index("blast"), LABELS.index("promyelocyte")
     pooled = defaultdict(list)
-    print(f"machine: {machine()}")
+    print_machine()
     print(f"{'fold':<7}{'patients':>9}{'APL':>5}{'cells':>7}{'acc':>8}{'blast R':>9}{'blast P':>9}"
           f"{'R@P90':>8}{'R (val thr)':>12}{'P (val thr)':>12}{'AUC':>8}")
     for f in runs:
