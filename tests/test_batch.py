@@ -403,6 +403,13 @@ class _FakeClassifier:
         return out
 
 
+def _fake_classifier(monkeypatch, C):
+    """The fake where the code under test looks CellClassifier up: bccdet.batch through the package,
+    classify_paths (its isinstance check) in bccdet.adapters.classifier.stage."""
+    monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
+    monkeypatch.setattr(C.stage, "CellClassifier", _FakeClassifier)
+
+
 def test_single_cell_export_classified_with_patient_summary(bccd, tmp_path, monkeypatch):
     C = pytest.importorskip("bccdet.adapters.classifier")
     inp = tmp_path / "in"
@@ -423,9 +430,10 @@ def test_single_cell_export_classified_with_patient_summary(bccd, tmp_path, monk
     assert man["slides"][0]["error"].startswith("classifier not available")
     # with one: classify_paths + its patient summary (apl_score) -> slide.json, slides.csv
     monkeypatch.setattr(B, "_classifier_available", lambda: True)
-    monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
-    monkeypatch.setattr(C, "apl_score_model", lambda model, probs: 0.9)  # an APL-looking patient
-    monkeypatch.setattr(C, "apl_score", lambda p_pro, p_blast: 0.9)
+    _fake_classifier(monkeypatch, C)
+    # summary() looks these up in its own module, bccdet.adapters.classifier.patient
+    monkeypatch.setattr(C.patient, "apl_score_model", lambda model, probs: 0.9)  # an APL-looking patient
+    monkeypatch.setattr(C.patient, "apl_score", lambda p_pro, p_blast: 0.9)
     res = B.run_batch([inp / "Patient_A"], tmp_path / "o2", detector=str(dummy), classifier=str(ck), progress=False,
                       log=lambda m: None)
     slide = json.loads((tmp_path / "o2/Patient_A/slide.json").read_text())
@@ -486,7 +494,7 @@ def test_batch_adapt_reestimates_each_single_cell_patient_and_is_kept_on_resume(
     ck.write_bytes(b"fake")
     dummy.write_bytes(b"fake")
     monkeypatch.setattr(B, "_classifier_available", lambda: True)
-    monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
+    _fake_classifier(monkeypatch, C)
     out = tmp_path / "o"
     B.run_batch([inp / "Patient_B"], out, detector=str(dummy), classifier=str(ck), progress=False, adapt=True,
                 log=lambda m: None)
@@ -513,7 +521,7 @@ def test_batch_review_threshold_reaches_the_classifier_and_is_kept_on_resume(bcc
     ck.write_bytes(b"fake")
     dummy.write_bytes(b"fake")
     monkeypatch.setattr(B, "_classifier_available", lambda: True)
-    monkeypatch.setattr(C, "CellClassifier", _FakeClassifier)
+    _fake_classifier(monkeypatch, C)
     import pandas as pd
 
     def reviewed(out):  # typed cells marked review that are not abnormal (the fake's top score is 0.9)
