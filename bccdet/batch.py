@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .io import IMAGE_SUFFIXES, InputError, array_to_rgb8, atomic_dir, image_size, public_mode, sha256_file, write_bytes_atomic, write_text_atomic
+from .defaults import TILE, TILE_OVERLAP
 from .runtime import check_review_threshold
 from .vocab import is_class_folder
 
@@ -135,37 +136,16 @@ def is_wsi(path: str | Path) -> bool:
         return False  # not readable as TIFF: let the field reader give the reason
 
 
-class _Tally:
-    """Slide totals shaped like the part of ``Cells`` that ``report.summarize`` reads.
-
-    ``summarize`` needs the counts per kind and the labels of the WBCs only, so a slide of any size is
-    summarized in memory proportional to its WBC count, with exactly the result of ``summarize`` on the
-    concatenated Cells of all its fields.
-    """
-
-    def __init__(self, counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None,
-                 rbc_morphology: dict[str, int] | None = None, rbc_score: float | None = None):
-        self._counts = dict(counts)
-        self.rbc_morphology_counts = dict(rbc_morphology) if rbc_morphology else None
-        self.rbc_morphology_score = rbc_score
-        self.label = list(wbc_labels)
-        self.kind = ["wbc"] * len(self.label)
-        self.unfamiliar = list(wbc_unfamiliar) if wbc_unfamiliar else [False] * len(self.label)
-
-    def counts(self) -> dict[str, int]:
-        return dict(self._counts)
-
-
 def summarize_totals(counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None,
                      rbc_morphology: dict[str, int] | None = None, rbc_scores: list | None = None) -> dict:
     """The summary of a slide from its totals; ``rbc_morphology``: red cells per morphology type summed over
     its fields (graded once over the slide, as ICSH grades a film, not averaged over fields)."""
-    from .report import summarize
-
     import statistics
 
+    from .report import summarize_counts
+
     score = float(statistics.median(rbc_scores)) if rbc_scores else None  # the median of its fields' medians
-    return summarize(_Tally(counts, wbc_labels, wbc_unfamiliar, rbc_morphology, score))
+    return summarize_counts(counts, wbc_labels, wbc_unfamiliar, rbc_morphology=rbc_morphology, rbc_score=score)
 
 
 def _add_morph(a: dict | None, b: dict | None) -> dict | None:
@@ -491,39 +471,24 @@ class Worker:
             except ImportError:
                 pass
 
+    def _spec(self):
+        from .pipeline import PipelineSpec
+
+        return PipelineSpec.from_dict(self.cfg["pipeline"])
+
     def _pipeline(self):
         if self.pipe is None:
-            from .adapters.yolo import YoloDetector
             from .pipeline import Pipeline
 
-            c = self.cfg
-            det = YoloDetector(_materialize(c["detector"]), name=c["detector"]["name"], sha256=c["detector"]["sha256"],
-                               device=c["device"], tile=c["tile"], overlap=c["overlap"], **c.get("detector_options", {}))
-            clf = self._classifier() if c.get("classifier") else None
-            ref = None
-            if c.get("refiner"):
-                from .adapters.sam import LITEMEDSAM, SamRefiner
-
-                r = c["refiner"]
-                prec = r.get("precision", "fp32")
-                ref = (SamRefiner(_materialize(r), sha256=r["sha256"], device=c["device"], precision=prec) if r.get("path")
-                       else SamRefiner(LITEMEDSAM, device=c["device"], precision=prec))
-            morph = None
-            if c.get("rbc_morphology"):
-                from .adapters.morphology import MorphologyStage
-
-                m = c["rbc_morphology"]
-                morph = MorphologyStage(_materialize(m), device=c["device"], name=m["name"], sha256=m["sha256"])
-            self.pipe = Pipeline(detector=det, refiner=ref, classifier=clf, morphology=morph)
+            spec = self._spec()  # the stages as analyze builds them; the classifier shared with _cellavision
+            self.pipe = Pipeline(detector=spec.build_detector(), refiner=spec.build_refiner(),
+                                 classifier=self._classifier() if spec.classifier else None,
+                                 morphology=spec.build_morphology(), spec=spec)
         return self.pipe
 
     def _classifier(self):
         if self.clf is None:
-            from .adapters.classifier import CellClassifier
-
-            c = self.cfg["classifier"]
-            self.clf = CellClassifier(_materialize(c), device=self.cfg["device"], name=c["name"], sha256=c["sha256"],
-                                      threshold=c.get("review_threshold"))
+            self.clf = self._spec().build_classifier()
         return self.clf
 
     def run(self, task: dict) -> dict:
@@ -551,21 +516,19 @@ class Worker:
 
     # ---------------------------------------------------------------- units
     def _field(self, t: dict) -> dict:
-        from .io import read_image
-        from .report import rbc_morphology_counts, rbc_morphology_median_score, write_outputs
+        from .report import rbc_morphology_counts, rbc_morphology_median_score
 
-        img = read_image(t["path"])
-        pipe = self._pipeline()
-        cells = pipe.run(img, t["path"])
-        ms = {k: round(v, 1) for k, v in pipe.timings.items()}
+        rep = self._pipeline().analyze(t["path"])
+        cells = rep.cells
+        ms = {k: round(v, 1) for k, v in rep.timings.items()}
         fmts = tuple(self.cfg.get("formats", ()))
         files = None
+        # no timings in a field's report.json: a resumed or repeated batch writes the same bytes
         if t["write"]:  # shared file system: write OUT/<slide>/<field>/ here
-            with atomic_dir(t["dest"]) as tmp:
-                write_outputs(tmp, img, cells, pipe.models(), None, formats=fmts)
+            rep.write(t["dest"], formats=fmts, timings=False)
         else:  # Ray: the outputs travel back to the driver, which writes them
             with tempfile.TemporaryDirectory(prefix="bccdet-field-") as tmp:
-                write_outputs(Path(tmp), img, cells, pipe.models(), None, formats=fmts)
+                rep.write(tmp, formats=fmts, timings=False, atomic=False)
                 files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir())}
         labels = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc"]
         unf = [bool(u) for k, u in zip(cells.kind, cells.unfamiliar) if k == "wbc"]
@@ -621,7 +584,7 @@ class Worker:
         from .vocab import LABELS
 
         clf = self._classifier()
-        rows = classify_paths([f["path"] for f in t["fields"]], clf, device=self.cfg["device"])
+        rows = classify_paths([f["path"] for f in t["fields"]], clf, device=self.cfg["pipeline"]["device"])
         adaptation = None
         if self.cfg.get("adapt"):  # `batch --adapt`: this patient's class mix re-estimated, as `classify --adapt`
             from .adapters.classifier import adapt_rows
@@ -651,8 +614,8 @@ class Worker:
         ps = patient_summary(rows, prior_adaptation=adaptation)
         from .report import classify_html
 
-        page = classify_html([(t["slide"], ps, rows)], {"name": self.cfg["classifier"]["name"],
-                                                        "sha256": self.cfg["classifier"]["sha256"]})
+        page = classify_html([(t["slide"], ps, rows)], {"name": self.cfg["pipeline"]["classifier"]["name"],
+                                                        "sha256": self.cfg["pipeline"]["classifier"]["sha256"]})
         files = None
         if t["write"]:
             write_text_atomic(Path(t["dest"]).with_name("report.html"), page)
@@ -666,22 +629,6 @@ class Worker:
 def _strip_path(msg: str, path: str) -> str:
     pre = f"{path}: "
     return msg[len(pre):] if msg.startswith(pre) else msg
-
-
-def _materialize(model: dict) -> str:
-    """The weights file of ``model``: its path, or (Ray on another node) a local copy of shipped bytes."""
-    p = model.get("path")
-    if p and Path(p).is_file():
-        return p
-    data = model.get("bytes")
-    if data is None:
-        raise FileNotFoundError(f"{p}: weights file not found on this node")
-    d = Path(tempfile.gettempdir()) / "bccdet-weights"
-    d.mkdir(parents=True, exist_ok=True)
-    dst = d / f"{model['sha256'][:16]}-{Path(p or 'model.pt').name}"
-    if not dst.exists():
-        write_bytes_atomic(dst, data)
-    return str(dst)
 
 
 # ---------------------------------------------------------------------------- executors
@@ -815,14 +762,15 @@ class RayExecutor:
             except Exception as e:
                 raise InputError(f"cannot start Ray ({_short(e)})") from None
             self.started = True
-        gpus = 1 if str(cfg.get("device", "cpu")).startswith("cuda") else 0  # one GPU per actor
+        gpus = 1 if str(cfg["pipeline"].get("device", "cpu")).startswith("cuda") else 0  # one GPU per actor
         res = ray.cluster_resources()
         n = workers or max(1, int(res.get("GPU", 1)) if gpus else int(res.get("CPU", 1) // cpus_per_worker))
-        cfg = dict(cfg)
+        cfg = dict(cfg, pipeline=dict(cfg["pipeline"]))
         cfg["torch_threads"] = max(1, int(cpus_per_worker))
-        for key in ("detector", "classifier", "refiner"):  # ship the weights: nodes need not share a file system
-            if cfg.get(key) and cfg[key].get("path"):  # (a refiner without a path is LiteMedSAM from its package)
-                cfg[key] = dict(cfg[key], bytes=Path(cfg[key]["path"]).read_bytes())
+        spec = cfg["pipeline"]
+        for key in ("detector", "classifier", "refiner", "rbc_morphology"):  # ship the weights: nodes need not
+            if spec.get(key) and spec[key].get("path"):  # share a file system (a refiner without a path is
+                spec[key] = dict(spec[key], bytes=Path(spec[key]["path"]).read_bytes())  # LiteMedSAM from its package)
         self.cfg_ref = ray.put(cfg)
         self.Actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus)(_RayActor)
         self.actors = [self.Actor.remote(self.cfg_ref) for _ in range(n)]
@@ -970,58 +918,32 @@ class Batch:
 
     # ---------------------------------------------------------------- set-up
     def _models(self) -> tuple[dict, dict, list[str]]:
-        from .weights import WeightsError, resolve
+        from .adapters.sam import encoder_precision
+        from .pipeline import resolve_spec
 
-        notes = []
-        w, name, sha = resolve(self.detector, "detector")
-        det = {"name": name, "sha256": sha, "path": str(_abspath(w))}
-        clf = None
-        if self.classify and self.classifier is not None:  # asked for by name or file: must resolve
-            cw, cname, csha = resolve(self.classifier, "classifier")
-            clf = {"name": cname, "sha256": csha, "path": str(_abspath(cw))}
-        elif self.classify:
-            try:
-                cw, cname, csha = resolve(None, "classifier")
-                clf = {"name": cname, "sha256": csha, "path": str(_abspath(cw))}
-            except WeightsError as e:
-                self.no_classifier = _short(e).split(":")[0]
-                notes.append(f"WBC classification: detect-only, labels are null ({self.no_classifier})")
-        else:
+        # one SAM precision for the whole batch, every worker and node alike: the resumed batch's, else the
+        # driver's choice for --device (bf16 where native)
+        spec, notes = resolve_spec(
+            detector=self.detector, classify=bool(self.classify), classifier=self.classifier,
+            review_threshold=self.review_threshold, refine=bool(self.refine), sam_precision=self.sam_precision,
+            rbc_morphology=bool(self.rbc_morphology), device=self.device,
+            # a batch started before the grey border (none recorded) keeps running without it
+            detector_options={"tile": TILE, "overlap": TILE_OVERLAP, "border": 0, **self.detector_options})
+        for n in notes:
+            if n.startswith("WBC classification"):
+                self.no_classifier = n[n.rindex("(") + 1:-1]
+        if not self.classify:
             notes.append("WBC classification off (--no-classify): detect-only, labels are null")
-        if clf is not None and self.review_threshold is not None:
-            clf["review_threshold"] = self.review_threshold
-        ref = None
-        if self.refine:
-            from .adapters.sam import default_refiner, encoder_precision
-
-            # one SAM precision for the whole batch, every worker and node alike: the resumed batch's, else
-            # the driver's choice for --device (bf16 where native)
-            here = encoder_precision("auto", self.device)
-            ref = dict(default_refiner(), precision=self.sam_precision or here)
-            if ref["precision"] == "bf16" and here != "bf16":  # only a resumed bf16 batch gets here
-                notes.append(f"SAM runs in bf16, as when this batch started, but {self.device} here has no native "
-                             "bf16: emulated, several times slower (a new --out runs fp32)")
-        else:
+        if not self.refine:
             notes.append("SAM refinement off (--no-refine): masks are the detector's")
-        morph = None
-        if self.rbc_morphology:
-            try:
-                mw, mname, msha = resolve(None, "rbc_morphology")
-                morph = {"name": mname, "sha256": msha, "path": str(_abspath(mw))}
-            except WeightsError as e:
-                notes.append(f"red-cell morphology skipped ({_short(e).split(':')[0]})")
-        else:
+        elif spec.refiner["precision"] == "bf16" and encoder_precision("auto", self.device) != "bf16":
+            notes.append(f"SAM runs in bf16, as when this batch started, but {self.device} here has no native "
+                         "bf16: emulated, several times slower (a new --out runs fp32)")  # only a resumed bf16 batch
+        if not self.rbc_morphology:
             notes.append("red-cell morphology off (--no-rbc-morphology)")
-        models = {"detector": {"name": name, "sha256": sha},
-                  "refiner": None if ref is None else {"name": ref["name"], "sha256": ref["sha256"], "precision": ref["precision"]},
-                  "classifier": None if clf is None else {"name": clf["name"], "sha256": clf["sha256"]},
-                  **({"rbc_morphology": {"name": morph["name"], "sha256": morph["sha256"]}} if morph else {})}
-        cfg = {"detector": det, "classifier": clf, "refiner": ref, "device": self.device, "tile": 640, "overlap": 192,
-               "rbc_morphology": morph,
-               # a batch started before the grey border (none recorded) keeps running without it
-               "detector_options": {"border": 0, **self.detector_options}, "formats": list(self.formats),
+        cfg = {"pipeline": spec.to_dict(), "tile": TILE, "overlap": TILE_OVERLAP, "formats": list(self.formats),
                "adapt": bool(self.adapt)}
-        return models, cfg, notes
+        return spec.models(), cfg, notes
 
     def _pinned(self, prev: dict, kind: str) -> str | None:
         """The registered model a resumed batch started with (by name, same sha256) when it is no longer the
@@ -1386,7 +1308,7 @@ class Batch:
         if self.detector_options is None:
             self.detector_options = dict(was.get("detector_options", {}))
         if prev is None or "border" in was.get("detector_options", {}):
-            from .adapters.yolo import BORDER
+            from .defaults import BORDER
 
             # recorded, so that a batch started before the detector's grey border resumes without it (_models)
             self.detector_options.setdefault("border", BORDER)
@@ -1438,7 +1360,7 @@ class Batch:
         # units to run, per slide
         todo: dict[str, list] = {}
         prev_done = {s["key"]: s for s in (prev or {}).get("slides", []) if s.get("status") == "done"}
-        cv_ok = _classifier_available() and cfg.get("classifier") is not None
+        cv_ok = _classifier_available() and cfg["pipeline"].get("classifier") is not None
         for s in self.slides:
             if s["kind"] == "cellavision" and not s["error"]:
                 if not self.classify:

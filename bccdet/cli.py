@@ -105,20 +105,6 @@ def friendly(fn):
 
 
 # ---------------------------------------------------------------------- analyze
-def _replaceable(d: Path, image: Path) -> bool:
-    """May analyze's report of ``image`` replace ``d``? Only when ``d`` is absent or an earlier report of the
-    same image file (re-running updates it); a report of another image or any other folder is kept."""
-    if not d.exists():
-        return True
-    try:
-        import json
-
-        prev = json.loads((d / "report.json").read_text())["image"]["path"]
-        return Path(prev).resolve() == Path(image).resolve()
-    except Exception:
-        return False
-
-
 REVIEW_HELP = ("Mark a typed cell for review when its calibrated top probability is below this (default: the "
                "classifier's own, 0.6). Higher: more cells to look at, fewer unseen errors; PBC test at 0.6 / 0.7 / "
                "0.8: 0.7% / 1.4% / 2.3% of cells to review, 5 / 10 / 14 of the 25 errors among them (docs/models.md).")
@@ -131,28 +117,6 @@ def _review_threshold(value: Optional[float]) -> Optional[float]:
         return check_review_threshold(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-
-
-def _expand_folders(paths: list, out: Path) -> tuple[list[Path], int]:
-    """Each folder given becomes the images inside it (recursively, sorted), leaving out anything under
-    ``out`` (the reports of an earlier run); a folder without images is an error line. Returns the
-    images and the number of folders that had none."""
-    from .io import image_files
-
-    out_real = Path(out).resolve()
-    files, empty = [], 0
-    for p in map(Path, paths):
-        if not p.is_dir():
-            files.append(p)
-            continue
-        found = [f for f in image_files(p) if out_real not in f.resolve().parents]
-        if not found:
-            _err(f"{p}: no image files in this folder")
-            empty += 1
-        files += found
-    if not files:
-        raise typer.Exit(2)
-    return files, empty
 
 
 @app.command()
@@ -177,13 +141,8 @@ def analyze(
                                         help="Type every red cell's morphology and grade the field as ICSH does (docs/rbc.md)."),
 ):
     """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
-    from .io import atomic_dir, check_out_dir, read_image
-    from .weights import WeightsError, resolve
+    from .analysis import analyze_images
 
-    bad_fmt = sorted(set(fmt) - {"coco", "geojson"})
-    if bad_fmt:
-        _err(f"unknown --format {bad_fmt}; expected coco or geojson")
-        raise typer.Exit(2)
     paths = list(images or [])
     if sample:
         from .data import sample_image
@@ -192,76 +151,13 @@ def analyze(
     if not paths:
         _err("no images given (pass image files, or --sample)")
         raise typer.Exit(2)
-    check_out_dir(out)
-    paths, failed = _expand_folders(paths, out)
-    weights, name, sha = resolve(detector, "detector")  # one clear line (exit 2) when there is none
-    from .adapters.yolo import YoloDetector
-    from .pipeline import Pipeline
-    from .report import write_outputs
-
-    pipe = Pipeline(detector=YoloDetector(weights, name=name, sha256=sha, device=device, scale=scale,
-                                          edge_sliver=edge_sliver))
-    if refine:
-        from .adapters.sam import SamRefiner
-
-        sam_ck = sam
-        if sam and sam != "litemedsam" and not Path(sam).is_file():
-            sam_ck, _, _ = resolve(sam, "sam")
-        pipe.refiner = SamRefiner(sam_ck, device=device)
-    if classify:
-        try:
-            cw, cname, csha = resolve(classifier, "classifier")
-        except WeightsError as e:
-            if classifier:  # asked for by name or file: must resolve
-                raise
-            typer.echo(f"note: WBC classification skipped, labels are null ({str(e).split(':')[0]})", err=True)
-        else:
-            from .adapters.classifier import CellClassifier
-
-            pipe.classifier = CellClassifier(cw, device=device, name=cname, sha256=csha, threshold=review_threshold)
-    if rbc_morphology:
-        try:
-            mw, mname, msha = resolve(None, "rbc_morphology")
-        except WeightsError as e:
-            typer.echo(f"note: red-cell morphology skipped ({str(e).split(':')[0]})", err=True)
-        else:
-            from .adapters.morphology import MorphologyStage
-
-            pipe.morphology = MorphologyStage(mw, device=device, name=mname, sha256=msha)
-    used: set = set()
-    for i, p in enumerate(paths, 1):
-        at = f"[{i}/{len(paths)}] " if len(paths) > 1 else ""  # where a run of many images is
-        try:
-            img = read_image(p)
-        except InputError as e:
-            _err(f"{at}{e}")
-            failed += 1
-            continue
-        stem = Path(p).stem
-        k = 1
-        while stem in used or not _replaceable(out / stem, p):  # two images with the same name, or a folder
-            stem = f"{Path(p).stem}_{k}"                           # this image's report may not replace
-            k += 1
-        used.add(stem)
-        try:
-            cells = pipe.run(img, p)
-            with atomic_dir(out / stem) as tmp:
-                rep = write_outputs(tmp, img, cells, pipe.models(), pipe.timings, formats=tuple(fmt))
-        except (KeyboardInterrupt, MemoryError):
-            raise
-        except Exception as e:  # one image failing must not stop the others
-            if os.environ.get("BCCDET_DEBUG"):
-                raise
-            _err(f"{at}{p}: analysis failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-            failed += 1
-            continue
-        c = rep["summary"]["counts"]
-        sc = rep["image"].get("detector_scale")
-        typer.echo(f"{at}{p}: {c['rbc']} RBC, {c['wbc']} WBC, {c['platelet']} platelets "
-                   + ((f"(large cells: detected at {sc:.2f}x) " if sc < 1 else f"(small cells: detected upscaled {sc:.2f}x) ")
-                      if sc else "")
-                   + f"({pipe.timings['total']:.0f} ms) -> {out / stem}/report.html")
-    if failed:
+    res = analyze_images(paths, out, formats=fmt, detector=detector, device=device, refine=refine, sam=sam,
+                         classify=classify, classifier=classifier, review_threshold=review_threshold,
+                         rbc_morphology=rbc_morphology, scale=scale, edge_sliver=edge_sliver,
+                         echo=typer.echo, error=_err)
+    if not res["done"] and not res["failed"]:
+        raise typer.Exit(2)
+    if res["failed"]:
         raise typer.Exit(1)
 
 

@@ -119,12 +119,13 @@ def register(app: typer.Typer) -> None:
         """Build/update a FiftyOne dataset from a YOLO data set, add bccdet predictions, evaluate, run the brain, tag suspected label errors (ranked CSV)."""
         _quiet(verbose)
         from .adapters import fiftyone as bf
+        from .curate import curate_detection
         from .io import write_text_atomic
 
         if export is not None and export.exists() and any(export.iterdir()) and not overwrite:
             raise bf.CurationError(f"--export {export} exists and is not empty: choose another folder or pass --overwrite")
         rule = bf.Rule(iou=iou, missing_conf=missing_conf)
-        ds, summ, suspects = bf.curate_detection(
+        ds, summ, suspects = curate_detection(
             data, name, predictions=predictions, detector=detector, overwrite=overwrite, splits=split or None,
             rule=rule, device=device, conf=conf, brain=brain, log=typer.echo)
         out = out or CURATION_OUT / name
@@ -168,8 +169,9 @@ def register(app: typer.Typer) -> None:
         """Curate a single-cell classification set: label mistakenness from class probabilities, hardness, uniqueness, exact and near duplicates."""
         _quiet(verbose)
         from .adapters import fiftyone as bf
+        from .curate import curate_classification
 
-        ds, summ, suspects = bf.curate_classification(
+        ds, summ, suspects = curate_classification(
             data, name, predictions=predictions, detector=detector, overwrite=overwrite, splits=split or None,
             device=device, near_dup_threshold=near_dup_threshold, mislabel_threshold=mislabel_threshold, log=typer.echo)
         out = out or CURATION_OUT / name

@@ -30,12 +30,10 @@ def register(app: typer.Typer, convert_app: typer.Typer, train_app: typer.Typer,
         device: str = device_option(),
     ):
         """Chula RBC-12 points -> red-cell morphology crops + shape features of the detector's cells, split by image."""
-        from .adapters.yolo import YoloDetector
         from .convert.chula import build
-        from .weights import resolve
+        from .pipeline import load_detector
 
-        w, name, sha = resolve(detector, "detector")
-        s = build(root, out, YoloDetector(w, name=name, sha256=sha, device=device), seed=seed)
+        s = build(root, out, load_detector(detector, device=device), seed=seed)
         for sp, st in s["splits"].items():
             m = st["matched"] / st["points"] if st["points"] else 0.0
             typer.echo(f"{sp}: {st['fields']} fields, {st['points']} points, {m:.3f} inside a detected red cell")

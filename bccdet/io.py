@@ -277,12 +277,27 @@ def image_files(root: str | Path) -> list[Path]:
     return sorted(out)
 
 
-def expand_inputs(paths) -> list[Path]:
-    """Files given and the images inside folders given (:func:`image_files`), in the order given."""
+def expand_images(paths, exclude: str | Path | None = None) -> tuple[list[Path], list[Path]]:
+    """The one input expander: files given, and the images inside folders given (:func:`image_files`), in
+    the order given; images under ``exclude`` (an output folder of an earlier run) left out. Returns the files
+    and the folders that held no image."""
+    ex = Path(exclude).resolve() if exclude is not None else None
     files: list[Path] = []
+    empty: list[Path] = []
     for p in map(Path, paths):
-        files += image_files(p) if p.is_dir() else [p]
-    return files
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = [f for f in image_files(p) if ex is None or ex not in f.resolve().parents]
+        if not found:
+            empty.append(p)
+        files += found
+    return files, empty
+
+
+def expand_inputs(paths) -> list[Path]:
+    """:func:`expand_images`' files (folders without images add none)."""
+    return expand_images(paths)[0]
 
 
 def _read_umask() -> int:

@@ -1,25 +1,230 @@
-"""Chains the stages (detect -> refine -> classify WBCs -> type red cells); imports no ML framework itself."""
+"""The one place a smear pipeline is built and run: detect -> refine -> classify WBCs -> type red cells.
+
+- :func:`resolve_spec` turns the user's choices (model names or files, stages on or off, device) into a
+  :class:`PipelineSpec`: plain, picklable data (names, sha256s, file paths, options), no model loaded. The
+  batch driver ships it to its workers (local processes or Ray actors); ``analyze``, ``curate`` and the
+  FiftyOne plugin build from it too.
+- :meth:`PipelineSpec.build` loads the models into a :class:`Pipeline` (the heavy imports happen there).
+- :meth:`Pipeline.analyze` runs one image into a :class:`SmearReport` (``.cells``, ``.summary``, ``.models``,
+  ``.timings``, ``.meta``; ``.write(out_dir)`` writes report.json / .html, cells.csv, overlay.png, ...).
+
+This module imports no ML framework at import time (``import bccdet`` stays light).
+"""
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .io import is_grey
+from .defaults import EDGE_SLIVER, LITEMEDSAM_NAME, SCALE
+from .io import InputError, is_grey
 from .stages import Classifier, Detector, Refiner
 from .types import Cells, SmearMeta
 
+log = logging.getLogger("bccdet")
+
+FORMATS = ("coco", "geojson")  # extra exports beside report.json / .html, cells.csv and overlay.png
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """``--format`` values: each of :data:`FORMATS`; an :class:`InputError` (one line) otherwise."""
+    bad = sorted(set(formats or ()) - set(FORMATS))
+    if bad:
+        raise InputError(f"unknown --format {bad}; expected {' or '.join(FORMATS)}")
+    return tuple(sorted(set(formats or ())))
+
+
+# ============================================================================ spec
+def _abspath(p: str | Path) -> str:
+    return str(Path(p).expanduser().absolute())
+
+
+def _ref(path: str | Path, name: str, sha: str) -> dict:
+    return {"name": name, "sha256": sha, "path": _abspath(path)}
+
+
+def materialize(model: dict) -> str:
+    """The weights file of ``model`` (a spec entry): its path, or (Ray on another node) a local copy of the
+    bytes the driver shipped with it."""
+    from .io import write_bytes_atomic
+
+    p = model.get("path")
+    if p and Path(p).is_file():
+        return p
+    data = model.get("bytes")
+    if data is None:
+        raise FileNotFoundError(f"{p}: weights file not found on this node")
+    d = Path(tempfile.gettempdir()) / "bccdet-weights"
+    d.mkdir(parents=True, exist_ok=True)
+    dst = d / f"{model['sha256'][:16]}-{Path(p or 'model.pt').name}"
+    if not dst.exists():
+        write_bytes_atomic(dst, data)
+    return str(dst)
+
 
 @dataclass
+class PipelineSpec:
+    """What to build, as plain data: each stage a ``{"name", "sha256", "path"}`` entry (None: stage off).
+
+    ``refiner["path"]`` None is LiteMedSAM as its package ships it; ``refiner["precision"]`` pins the
+    encoder's precision for every worker alike. ``classifier["review_threshold"]`` overrides the
+    classifier's own. ``detector_options`` go to the detector (scale, edge_sliver, tile, overlap, border,
+    conf, ...)."""
+
+    detector: dict
+    refiner: dict | None = None
+    classifier: dict | None = None
+    rbc_morphology: dict | None = None
+    device: str = "cpu"
+    detector_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PipelineSpec:
+        return cls(**{k: d[k] for k in ("detector", "refiner", "classifier", "rbc_morphology", "device",
+                                        "detector_options") if k in d})
+
+    def models(self) -> dict:
+        """The models as a batch manifest records them (without loading any)."""
+        r = self.refiner
+        return {"detector": {"name": self.detector["name"], "sha256": self.detector["sha256"]},
+                "refiner": None if r is None else {"name": r["name"], "sha256": r["sha256"], "precision": r["precision"]},
+                "classifier": None if self.classifier is None else {"name": self.classifier["name"],
+                                                                     "sha256": self.classifier["sha256"]},
+                **({"rbc_morphology": {"name": self.rbc_morphology["name"], "sha256": self.rbc_morphology["sha256"]}}
+                   if self.rbc_morphology else {})}
+
+    # ---------------------------------------------------------------- stage constructors (the only ones)
+    def build_detector(self):
+        from .adapters.yolo import YoloDetector
+
+        d = self.detector
+        return YoloDetector(materialize(d), name=d["name"], sha256=d["sha256"], device=self.device,
+                            **self.detector_options)
+
+    def build_refiner(self):
+        if self.refiner is None:
+            return None
+        from .adapters.sam import LITEMEDSAM, SamRefiner
+
+        r = self.refiner
+        if r.get("path"):
+            return SamRefiner(materialize(r), sha256=r.get("sha256"), device=self.device, precision=r["precision"])
+        return SamRefiner(LITEMEDSAM, device=self.device, precision=r["precision"])
+
+    def build_classifier(self):
+        if self.classifier is None:
+            return None
+        from .adapters.classifier import CellClassifier
+
+        c = self.classifier
+        return CellClassifier(materialize(c), device=self.device, name=c["name"], sha256=c["sha256"],
+                              threshold=c.get("review_threshold"))
+
+    def build_morphology(self):
+        if self.rbc_morphology is None:
+            return None
+        from .adapters.morphology import MorphologyStage
+
+        m = self.rbc_morphology
+        return MorphologyStage(materialize(m), device=self.device, name=m["name"], sha256=m["sha256"])
+
+    def build(self) -> Pipeline:
+        """Load every stage: the heavy imports (torch, ultralytics, timm) happen here."""
+        return Pipeline(detector=self.build_detector(), refiner=self.build_refiner(),
+                        classifier=self.build_classifier(), morphology=self.build_morphology(), spec=self)
+
+
+def _why(e: Exception) -> str:
+    return str(e).splitlines()[0].split(":")[0] if str(e) else type(e).__name__
+
+
+def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str | None = None,
+                 sam_precision: str | None = None, classify: bool = True, classifier: str | None = None,
+                 review_threshold: float | None = None, rbc_morphology: bool = True, device: str = "cpu",
+                 detector_options: dict | None = None) -> tuple[PipelineSpec, list[str]]:
+    """The user's choices -> a :class:`PipelineSpec` plus notes (one line each: a stage left out because its
+    default model is not shipped; stages turned off by the caller get none).
+
+    A model asked for by name or file must resolve (:class:`bccdet.weights.WeightsError`, one line); a
+    default that is not shipped turns its stage off with a note (the detector has no such fallback).
+    ``sam``: a registered ``sam`` name, ``"litemedsam"`` (as shipped) or a checkpoint file; None the registry's
+    default. ``sam_precision`` pins SAM's encoder (a resumed batch); None picks for ``device``.
+    """
+    from .runtime import check_device, check_review_threshold
+    from .weights import WeightsError, resolve
+
+    try:
+        device = check_device(device)
+        review_threshold = check_review_threshold(review_threshold)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    notes: list[str] = []
+    w, name, sha = resolve(detector, "detector")
+    det = _ref(w, name, sha)
+    clf = None
+    if classify:
+        try:
+            cw, cname, csha = resolve(classifier, "classifier")
+        except WeightsError as e:
+            if classifier is not None:  # asked for by name or file: must resolve
+                raise
+            notes.append(f"WBC classification: detect-only, labels are null ({_why(e)})")
+        else:
+            clf = _ref(cw, cname, csha)
+            if review_threshold is not None:
+                clf["review_threshold"] = review_threshold
+    ref = _refiner_entry(sam, device, sam_precision) if refine else None
+    morph = None
+    if rbc_morphology:
+        try:
+            mw, mname, msha = resolve(None, "rbc_morphology")
+            morph = _ref(mw, mname, msha)
+        except WeightsError as e:
+            notes.append(f"red-cell morphology skipped ({_why(e)})")
+    spec = PipelineSpec(detector=det, refiner=ref, classifier=clf, rbc_morphology=morph, device=device,
+                        detector_options=dict(detector_options or {}))
+    return spec, notes
+
+
+def _refiner_entry(sam: str | None, device: str, precision: str | None) -> dict:
+    from .adapters.sam import default_refiner, encoder_precision, litemedsam_checkpoint, refiner_name
+    from .io import sha256_file
+    from .weights import resolve
+
+    prec = precision or encoder_precision("auto", device)
+    if sam is None:
+        return dict(default_refiner(), precision=prec)
+    if sam == LITEMEDSAM_NAME:
+        return {"path": None, "name": refiner_name(LITEMEDSAM_NAME, 128), "sha256": litemedsam_checkpoint()[1],
+                "precision": prec}
+    if Path(sam).is_file():  # a checkpoint file: SamModel names and checks it when built
+        return {"path": _abspath(sam), "name": refiner_name(Path(sam).stem, 128), "sha256": sha256_file(sam),
+                "precision": prec}
+    p, name, sha = resolve(sam, "sam")
+    return {"path": _abspath(p), "name": refiner_name(Path(p).stem, 128), "sha256": sha, "precision": prec}
+
+
+# ============================================================================ pipeline
+@dataclass
 class Pipeline:
+    """The built stages. ``run(image)`` -> :class:`Cells`; ``analyze(path or image)`` -> :class:`SmearReport`."""
+
     detector: Detector
     refiner: Refiner | None = None
     classifier: Classifier | None = None
     morphology: Classifier | None = None  # red-cell morphology (adapters.morphology.MorphologyStage)
     timings: dict = field(default_factory=dict)
+    spec: PipelineSpec | None = None
+    notes: list = field(default_factory=list)
 
     def models(self) -> dict:
         out = {}
@@ -55,3 +260,130 @@ class Pipeline:
             self.timings["rbc_morphology"] = (time.perf_counter() - t1) * 1e3
         self.timings["total"] = (time.perf_counter() - t0) * 1e3
         return cells
+
+    def analyze(self, image: str | Path | np.ndarray, path: str | Path | None = None) -> SmearReport:
+        """One smear field (a file, or an RGB uint8 array) -> its :class:`SmearReport`. A file that cannot be
+        read is an :class:`bccdet.io.InputError` (one line)."""
+        from .io import read_image
+
+        if isinstance(image, (str, Path)):
+            path = image if path is None else path
+            image = read_image(image)
+        cells = self.run(np.asarray(image), "" if path is None else path)
+        return SmearReport(image=image, cells=cells, models=self.models(), timings=dict(self.timings))
+
+
+# ============================================================================ report
+@dataclass
+class SmearReport:
+    """What ``analyze`` found in one field: ``cells`` (a :class:`Cells`), ``summary`` (counts, WBC differential,
+    red-cell grades, flags: the report.json ``summary``), ``models``, ``timings`` (ms per stage), ``meta``."""
+
+    image: np.ndarray = field(repr=False)
+    cells: Cells
+    models: dict
+    timings: dict = field(default_factory=dict)
+    _summary: dict | None = field(default=None, init=False, repr=False)
+
+    @property
+    def meta(self) -> SmearMeta:
+        return self.cells.meta
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        if self._summary is None:
+            from .report import summarize
+
+            self._summary = summarize(self.cells)
+        return self._summary
+
+    def to_dict(self, timings: bool = True) -> dict[str, Any]:
+        """The report.json document."""
+        from .report import report_dict
+
+        return report_dict(self.cells, self.models, self.timings if timings else None)
+
+    def write(self, out_dir: str | Path, formats=(), timings: bool = True, atomic: bool = True) -> dict[str, Any]:
+        """Write report.json, report.html, cells.csv, overlay.png (+ coco.json / cells.geojson for ``formats``)
+        into ``out_dir``, built under a temporary name and moved into place when complete (``atomic``).
+        Returns the report.json document."""
+        from .io import atomic_dir
+        from .report import write_outputs
+
+        formats = check_formats(formats)
+        t = self.timings if timings else None
+        if not atomic:
+            return write_outputs(Path(out_dir), self.image, self.cells, self.models, t, formats=formats)
+        with atomic_dir(out_dir) as tmp:
+            return write_outputs(tmp, self.image, self.cells, self.models, t, formats=formats)
+
+
+# ============================================================================ library face
+def load_pipeline(detector: str | None = None, refine: bool = True, classify: bool = True, device: str = "cpu", *,
+                  sam: str | None = None, classifier: str | None = None, review_threshold: float | None = None,
+                  rbc_morphology: bool = True, scale: str | float = SCALE, edge_sliver: float = EDGE_SLIVER,
+                  on_note=None, **detector_options) -> Pipeline:
+    """Resolve and load a pipeline (the same one ``bccdet analyze`` runs). A stage left out because its model
+    is not shipped is noted in ``pipe.notes`` and passed to ``on_note`` (default: a warning on the ``bccdet``
+    logger)."""
+    from .adapters.yolo import parse_scale
+
+    try:
+        scale = parse_scale(scale)
+    except ValueError as e:
+        raise InputError(f"scale {e}") from None
+    if not 0 <= edge_sliver < 1:
+        raise InputError(f"edge_sliver {edge_sliver}: expected a share in [0, 1)")
+    spec, notes = resolve_spec(detector=detector, refine=refine, sam=sam, classify=classify, classifier=classifier,
+                               review_threshold=review_threshold, rbc_morphology=rbc_morphology, device=device,
+                               detector_options={"scale": scale, "edge_sliver": edge_sliver, **detector_options})
+    for n in notes:
+        (on_note or log.warning)(n)
+    pipe = spec.build()
+    pipe.notes = notes
+    return pipe
+
+
+def load_detector(detector: str | None = None, device: str = "cpu", conf: float = 0.25, **detector_options):
+    """The detector stage alone (a registered name or a .pt file; None: the default), as the pipeline builds
+    it: for curation, the FiftyOne plugin and data conversion."""
+    spec, _ = resolve_spec(detector=detector, refine=False, classify=False, rbc_morphology=False, device=device,
+                           detector_options={"conf": conf, **detector_options})
+    return spec.build_detector()
+
+
+_LAST: dict = {}
+
+
+def analyze(path: str | Path | np.ndarray, **options) -> SmearReport:
+    """``bccdet.analyze("smear.jpg")``: one field -> :class:`SmearReport`, with the default models (or
+    ``options`` as :func:`load_pipeline` takes them). The loaded pipeline is kept for the next call with the
+    same options."""
+    key = repr(sorted(options.items()))
+    if _LAST.get("key") != key:
+        _LAST.clear()
+        _LAST.update(key=key, pipe=load_pipeline(**options))
+    return _LAST["pipe"].analyze(path)
+
+
+def classify_cells(paths, classifier: str | None = None, device: str = "cpu", *, batch_size: int = 32,
+                   precision: str = "fp32", review_threshold: float | None = None, adapt: bool = False) -> dict:
+    """``bccdet.classify_cells(paths)``: single-cell images (files or folders, e.g. a CellaVision export) ->
+    ``{"cells": one row per image (label, label_score, review, p_<label>, unfamiliar, reason), "summary": the
+    patient summary (differential, flags, apl_score), "model": ...}``, as ``bccdet classify`` writes them."""
+    from .adapters.classifier import adapt_rows, classify_paths, load_classifier, summary
+    from .io import expand_images
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file or folder")
+    files, _ = expand_images(paths)
+    if not files:
+        raise InputError(f"no image files in {', '.join(map(str, paths))}")
+    clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold)
+    rows = classify_paths(files, clf, batch_size=batch_size, device=device)
+    adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
+    return {"cells": rows, "summary": summary(rows, prior_adaptation=adaptation),
+            "model": {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision,
+                      "review_threshold": clf.threshold}}

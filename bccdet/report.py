@@ -87,8 +87,21 @@ GREY_MESSAGE = ("the image has no colour (a monochrome camera or a grey scan): t
 
 
 def summarize(cells: Cells) -> dict[str, Any]:
-    counts = cells.counts()
-    typed = [lab for k, lab in zip(cells.kind, cells.label) if k == "wbc" and lab is not None]
+    """The report.json ``summary`` of a field's cells (:func:`summarize_counts` of its totals)."""
+    wbc = [i for i, k in enumerate(cells.kind) if k == "wbc"]
+    return summarize_counts(cells.counts(), [cells.label[i] for i in wbc], [bool(cells.unfamiliar[i]) for i in wbc],
+                            grey=bool(getattr(getattr(cells, "meta", None), "grey", False)),
+                            rbc_morphology=rbc_morphology_counts(cells), rbc_score=rbc_morphology_median_score(cells))
+
+
+def summarize_counts(counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: list | None = None, grey: bool = False,
+                     rbc_morphology: dict[str, int] | None = None, rbc_score: float | None = None) -> dict[str, Any]:
+    """The one summary of a field or a whole slide, from totals: cells per kind, each WBC's label (None:
+    not typed) and unfamiliar flag, red cells per morphology type and their median score. A slide's summary
+    (batch) is exactly that of all its fields' cells together, in memory proportional to its WBCs."""
+    counts = dict(counts)
+    unfamiliar = list(wbc_unfamiliar) if wbc_unfamiliar else [False] * len(wbc_labels)
+    typed = [lab for lab in wbc_labels if lab is not None]
     by_label = Counter(typed)
     n_lab, outside = differential_base(by_label)
     diff = {lab: {"count": by_label[lab], "percent": round(100.0 * by_label[lab] / n_lab, 1)}
@@ -97,13 +110,11 @@ def summarize(cells: Cells) -> dict[str, Any]:
     n_wbc = counts["wbc"]
     if n_wbc < MIN_WBC_FOR_DIFFERENTIAL:
         flags.append({"code": "few_wbc", "message": f"only {n_wbc} WBC found (< {MIN_WBC_FOR_DIFFERENTIAL}): the differential is not reliable; analyse more fields"})
-    if getattr(getattr(cells, "meta", None), "grey", False):
+    if grey:
         flags.append({"code": "grey_image", "message": GREY_MESSAGE})
     if n_lab == 0 and n_wbc:
         flags.append({"code": "not_classified", "message": "WBCs were not classified (classifier off or unavailable): no differential"})
-    unf_col = getattr(cells, "unfamiliar", None)
-    unf_by = Counter(lab for k, lab, u in zip(cells.kind, cells.label, unf_col if unf_col is not None else [])
-                     if k == "wbc" and lab is not None and u)
+    unf_by = Counter(lab for lab, u in zip(wbc_labels, unfamiliar) if lab is not None and u)
     for lab, code, what in (("blast", "blasts_present", "blast(s)"), ("promyelocyte", "promyelocytes_present", "promyelocyte(s)")):
         if lab in diff:
             flags.append(abnormal_flag(code, f"{diff[lab]['count']} {what} found", unf_by[lab], "review the gallery"))
@@ -116,14 +127,12 @@ def summarize(cells: Cells) -> dict[str, Any]:
             if not lo <= p <= hi:
                 flags.append({"code": "differential_out_of_range", "message": f"{lab} {p}% outside the adult reference interval {lo:g}-{hi:g}%"})
     n_unf = sum(unf_by.values())
-    if unf_col is not None:
-        f = unfamiliar_flag(n_unf, len(typed), min_cells=1)
-        if f is not None:
-            flags.append(f)
+    f = unfamiliar_flag(n_unf, len(typed), min_cells=1)
+    if f is not None:
+        flags.append(f)
     out = {"counts": counts, "differential": diff, "flags": flags, "disclaimer": DISCLAIMER}
-    mc = rbc_morphology_counts(cells)
-    if mc is not None:
-        out["rbc_morphology"], mflags = morphology_summary(mc, rbc_morphology_median_score(cells))
+    if rbc_morphology and sum(rbc_morphology.values()):
+        out["rbc_morphology"], mflags = morphology_summary(dict(rbc_morphology), rbc_score)
         flags.extend(mflags)
     if n_unf:
         out["unfamiliar"] = n_unf
@@ -132,11 +141,7 @@ def summarize(cells: Cells) -> dict[str, Any]:
 
 
 def rbc_morphology_counts(cells) -> dict[str, int] | None:
-    """Per type the red cells of ``cells`` typed so, or None when none was typed (the stage was off).
-    A slide tally (batch) gives its own summed counts as ``rbc_morphology_counts``."""
-    given = getattr(cells, "rbc_morphology_counts", None)
-    if given is not None:
-        return dict(given) if sum(given.values()) else None
+    """Per type the red cells of ``cells`` typed so, or None when none was typed (the stage was off)."""
     col = getattr(cells, "morphology", None)
     if col is None:
         return None
@@ -145,10 +150,7 @@ def rbc_morphology_counts(cells) -> dict[str, int] | None:
 
 
 def rbc_morphology_median_score(cells) -> float | None:
-    """Median ``morphology_score`` of the typed red cells (a slide tally gives its own), or None."""
-    given = getattr(cells, "rbc_morphology_score", None)
-    if given is not None or getattr(cells, "rbc_morphology_counts", None) is not None:
-        return given
+    """Median ``morphology_score`` of the typed red cells, or None."""
     col = getattr(cells, "morphology_score", None)
     if col is None:
         return None

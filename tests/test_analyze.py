@@ -193,7 +193,7 @@ def test_interrupted_run_leaves_no_half_report(tiny_detector, smear, tmp_path):
 def test_analyze_replaces_only_its_own_earlier_report(tmp_path):
     import json
 
-    from bccdet.cli import _replaceable
+    from bccdet.analysis import replaceable as _replaceable
 
     a, b = tmp_path / "pa" / "field1.jpg", tmp_path / "pb" / "field1.jpg"
     out = tmp_path / "out"

@@ -294,17 +294,18 @@ def _val_reports(bccd_yolo, dest):
 def test_curate_from_analyze_reports(ds_name, bccd_yolo, tmp_path):
     """--predictions DIR: report.json files matched to images by name; no model needed."""
     from bccdet.adapters import fiftyone as bf
+    from bccdet.curate import curate_detection
 
     _val_reports(bccd_yolo, tmp_path / "pred")
     name = ds_name()
-    ds, summ, sus = bf.curate_detection(bccd_yolo, name, predictions=tmp_path / "pred", detector="no-such-model",
+    ds, summ, sus = curate_detection(bccd_yolo, name, predictions=tmp_path / "pred", detector="no-such-model",
                                         splits=["val"], log=lambda m: None)
     assert summ.predicted == 2 and summ.unmatched_reports == 0
     assert summ.eval_report["fn"] == 0 and summ.eval_report["fp"] == 0 and sus == []
     assert ds.match_tags("val").count("predictions.detections") == ds.match_tags("val").count("ground_truth.detections")
     (tmp_path / "empty").mkdir()
     with pytest.raises(bf.CurationError, match="no report.json"):
-        bf.curate_detection(bccd_yolo, name, predictions=tmp_path / "empty")
+        curate_detection(bccd_yolo, name, predictions=tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------- classification (PBC)

@@ -68,9 +68,11 @@ class RunDetector(_Operator):
 
     def execute(self, ctx):
         bf = _bccdet()
+        from bccdet.pipeline import load_detector  # built as analyze builds it
+
         view = ctx.target_view()
-        det = bf.load_detector(ctx.params.get("detector") or None, device=ctx.params.get("device") or "cpu",
-                               conf=float(ctx.params.get("conf", 0.25)))
+        det = load_detector(ctx.params.get("detector") or None, device=ctx.params.get("device") or "cpu",
+                            conf=float(ctx.params.get("conf", 0.25)))
         n = bf.predict_detections(view, det, field_name=ctx.params.get("pred_field") or "predictions")
         ctx.trigger("reload_dataset")
         return {"predicted": n, "detector": det.name}

@@ -15,13 +15,14 @@ Everything FiftyOne-specific lives in this package (``fiftyone`` is imported ins
   embeddings); ``classify_samples`` types cells with the leukocyte classifier;
 * ``evaluate``: ``evaluate`` (``evaluate_detections``), ``brain_detection`` (fiftyone.brain mistakenness /
   hardness / uniqueness); ``mistakes``: ``tag_detection_suspects``, the documented tagging rule (docs/curation.md);
-* ``classification`` and ``curate``: ``curate_detection``, and ``curate_classification``, the same for PBC-style
-  classify folders: mistakenness of class labels from classifier probabilities, exact duplicates by content
-  hash, near duplicates by embeddings;
+* ``classification``: for PBC-style classify folders: mistakenness of class labels from classifier
+  probabilities, exact duplicates by content hash, near duplicates by embeddings;
 * ``export``: ``export_labels``: a view, or the corrected labels, back to our YOLO layout (and COCO);
 * ``plugin``: the App (``launch``, ``wait_http``) and ``install_plugin`` for plugins/bccdet.
 
-Every name of the former single module ``bccdet/adapters/fiftyone.py`` is re-exported here.
+The two end-to-end workflows (``curate_detection``, ``curate_classification``) and ``load_detector`` sit a
+layer up, in :mod:`bccdet.curate`: they build the detector with the pipeline builder (:mod:`bccdet.pipeline`),
+which adapters never import.
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ from .common import (AGN_KEY, CLS_TAGS, EMB_FIELD, EVAL_KEY, GT_FIELD, INFO_KEY,
                      SAMPLE_TAG, SPLITS, TAG_ACCEPT, TAG_CLASS, TAG_DUP, TAG_DUP_CONFLICT, TAG_EXCLUDE, TAG_LOC,
                      TAG_MISLABEL, TAG_MISSING, TAG_NEAR_DUP, TAG_REJECT, TAG_SPURIOUS, CurationError,
                      CurationSummary, Rule, Suspect)
-from .curate import curate_classification, curate_detection
 from .evaluate import brain_detection, evaluate, format_eval
 from .export import corrected_cells, export_labels
 from .load import (add_predictions_from_reports, build_classification_dataset, build_detection_dataset,
                    dataset_exists, open_dataset, read_reports)
 from .mistakes import suspect_counts, tag_detection_suspects, write_suspects_csv
 from .plugin import install_plugin, launch, plugin_source, wait_http
-from .predict import (CELL_TYPE_FIELD, BackboneEmbedder, classify_samples, load_classifier, load_detector,
-                      predict_detections)
+from .predict import (CELL_TYPE_FIELD, BackboneEmbedder, classify_samples, load_classifier, predict_detections)
 
 # private helpers, re-exported for code that used them from the single module
 from .cells import _hull, _image_meta, _mask_in_hull  # noqa: F401
@@ -67,13 +66,11 @@ __all__ = [
     "add_predictions_from_reports", "build_classification_dataset", "build_detection_dataset", "dataset_exists",
     "open_dataset", "read_reports",
     # predict
-    "CELL_TYPE_FIELD", "BackboneEmbedder", "classify_samples", "load_classifier", "load_detector",
-    "predict_detections",
+    "CELL_TYPE_FIELD", "BackboneEmbedder", "classify_samples", "load_classifier", "predict_detections",
     # evaluate, mistakes
     "brain_detection", "evaluate", "format_eval", "suspect_counts", "tag_detection_suspects", "write_suspects_csv",
-    # classification, curate
+    # classification
     "embed_classification", "near_duplicate_pairs", "probe_probabilities", "read_class_predictions",
-    "curate_classification", "curate_detection",
     # export, plugin
     "corrected_cells", "export_labels", "install_plugin", "launch", "plugin_source", "wait_http",
 ]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ...io import InputError
 from .common import EMB_FIELD, CurationError
-from .predict import BackboneEmbedder, load_classifier, load_detector
+from .predict import BackboneEmbedder, load_classifier
 
 
 def _classifier_or_none(device: str, log: Callable[[str], None]):
@@ -24,11 +24,12 @@ def _classifier_or_none(device: str, log: Callable[[str], None]):
         return None
 
 
-def embed_classification(samples, detector: str | None = None, device: str = "cpu", imgsz: int = 224,
-                         log: Callable[[str], None] = print) -> str:
+def embed_classification(samples, detector=None, device: str = "cpu", imgsz: int = 224,
+                         log: Callable[[str], None] = print, load_detector: Callable[[], Any] | None = None) -> str:
     """Embeddings of single-cell images: the leukocyte classifier's penultimate features (the default:
-    a probe on them finds flipped labels far better, bench/curation_cls.py), or the detector backbone's
-    when ``detector`` is given or no classifier loads. Returns the model used."""
+    a probe on them finds flipped labels far better, docs/experiments.md), or the backbone's of
+    ``detector`` (a built detector stage) when it is given, or of ``load_detector()`` when no classifier
+    loads. Returns the model used."""
     from ...io import read_image
 
     todo = samples.exists(EMB_FIELD, False)
@@ -41,7 +42,7 @@ def embed_classification(samples, detector: str | None = None, device: str = "cp
         vecs = embed_images(todo.values("filepath"), clf)
         todo.set_values(EMB_FIELD, [np.asarray(v, np.float32) for v in vecs])
         return f"classifier ({clf.name})"
-    det = load_detector(detector, device=device)
+    det = detector if detector is not None else load_detector()
     emb = BackboneEmbedder(det)
     try:
         for s in todo.select_fields([]).iter_samples(autosave=True, batch_size=64):

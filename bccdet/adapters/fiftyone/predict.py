@@ -57,14 +57,6 @@ class BackboneEmbedder:
         self._h.remove()
 
 
-def load_detector(detector: str | None, device: str = "cpu", conf: float = 0.25):
-    from ...weights import resolve
-    from ..yolo import YoloDetector
-
-    weights, name, sha = resolve(detector, "detector")
-    return YoloDetector(weights, name=name, sha256=sha, device=device, conf=conf)
-
-
 def predict_detections(samples, detector, field_name: str = PRED_FIELD, embeddings: bool = True,
                        progress: Callable[[int, int], None] | None = None) -> int:
     """Run the detector on ``samples`` (a dataset or view); store predictions and backbone embeddings."""

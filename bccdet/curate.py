@@ -1,5 +1,8 @@
-"""One call each: the detection workflow (``curate_detection``) and the classification workflow
-(``curate_classification``): build or update the dataset, predict, evaluate, rank and tag suspects."""
+"""FiftyOne curation, one call each: the detection workflow (``curate_detection``) and the classification
+workflow (``curate_classification``): build or update the dataset, predict, evaluate, rank and tag suspects.
+
+The workflows sit above the pipeline: the detector they run is built by :mod:`bccdet.pipeline`, the same
+as ``analyze``'s; the FiftyOne pieces are in :mod:`bccdet.adapters.fiftyone`."""
 
 from __future__ import annotations
 
@@ -10,14 +13,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...io import InputError
-from .classification import embed_classification, near_duplicate_pairs, probe_probabilities, read_class_predictions
-from .common import (CLS_TAGS, EMB_FIELD, GT_FIELD, INFO_KEY, PRED_FIELD, SAMPLE_TAG, TAG_DUP, TAG_DUP_CONFLICT,
+from .adapters.fiftyone.classification import embed_classification, near_duplicate_pairs, probe_probabilities, read_class_predictions
+from .adapters.fiftyone.common import (CLS_TAGS, EMB_FIELD, GT_FIELD, INFO_KEY, PRED_FIELD, SAMPLE_TAG, TAG_DUP, TAG_DUP_CONFLICT,
                      TAG_MISLABEL, TAG_NEAR_DUP, CurationError, CurationSummary, Rule, Suspect, _fo)
-from .evaluate import _delete_brain, brain_detection, evaluate
-from .load import add_predictions_from_reports, build_classification_dataset, build_detection_dataset, read_reports
-from .mistakes import suspect_counts, tag_detection_suspects
-from .predict import _embed_only, load_detector, predict_detections
+from .adapters.fiftyone.evaluate import _delete_brain, brain_detection, evaluate
+from .adapters.fiftyone.load import add_predictions_from_reports, build_classification_dataset, build_detection_dataset, read_reports
+from .adapters.fiftyone.mistakes import suspect_counts, tag_detection_suspects
+from .adapters.fiftyone.predict import _embed_only, predict_detections
+from .io import InputError
+from .pipeline import load_detector
 
 
 # ---------------------------------------------------------------------- one call: the detection workflow
@@ -98,7 +102,8 @@ def curate_classification(data: Path, name: str, predictions: Path | None = None
     view = ds.match_tags(list(splits)) if splits else ds.view()
     summ.timings["build_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model = embed_classification(view, detector=detector, device=device, log=log)
+    model = embed_classification(view, detector=load_detector(detector, device=device) if detector else None,
+                                 device=device, log=log, load_detector=lambda: load_detector(None, device=device))
     summ.timings["embed_s"] = time.perf_counter() - t0
     summ.notes.append(f"embeddings: {model}")
     t0 = time.perf_counter()
