@@ -84,6 +84,7 @@ def test_detector_trains_on_the_threads_asked(bccd, tmp_path, cli, monkeypatch):
     import torch
 
     from bccdet.adapters import yolo
+    from bccdet.adapters.yolo import training  # train() looks build_model up in its own module
 
     sub = _bccd_subset(bccd, tmp_path / "bccd", n=(4, 2, 0))
     r = cli("convert", "bccd", sub, "--out", tmp_path / "y", "--task", "detect")
@@ -95,7 +96,7 @@ def test_detector_trains_on_the_threads_asked(bccd, tmp_path, cli, monkeypatch):
         m.add_callback("on_train_batch_end", lambda trainer: seen.append(torch.get_num_threads()))
         return m
 
-    monkeypatch.setattr(yolo, "build_model", recording)
+    monkeypatch.setattr(training, "build_model", recording)
     before = torch.get_num_threads()
     try:
         yolo.train(tmp_path / "y/data.yaml", model="yolov8n.yaml", init="none", epochs=1, imgsz=64, batch=2, workers=0,

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from ..io import InputError, array_to_rgb8
+from ..masks import ellipse_masks
 from ..types import Cells, int_hull
 
 # Meta's official checkpoints carry the first 6 hex digits of their md5 in the file name.
@@ -601,8 +602,6 @@ def box_to_mask_cells(model: SamModel, image: np.ndarray, cells: Cells, mode: st
     A mask that fails the fill or spill check (SAM found nothing sensible in the box) falls back to the ellipse
     inscribed in the box, and its ``mask_source`` says ``label``.
     """
-    from ..convert.common import ellipse_masks
-
     if not len(cells):
         return cells
     H, W = np.asarray(image).shape[:2]

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..io import InputError, atomic_dir
+from ..masks import ellipse_masks  # defined in bccdet.masks (below adapters.sam, which uses it too)
 from ..types import KINDS, Cells
 
 SPLITS = ("train", "val", "test")
@@ -248,26 +249,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def ellipse_masks(cells: Cells) -> Cells:
-    """Give each box-only cell the ellipse inscribed in its box (a quick box -> mask prior)."""
-    import cv2
-
-    crops, offs = [], []
-    for box in cells.xyxy:
-        c, o = Cells.crop_mask(np.zeros((cells.meta.height, cells.meta.width), bool), box)
-        m = np.zeros(c.shape, np.uint8)
-        if m.size:
-            hh, ww = m.shape
-            # RotatedRect form: centre and full axes in float pixels
-            cv2.ellipse(m, (((ww - 1) / 2.0, (hh - 1) / 2.0), (float(ww), float(hh)), 0.0), 1, -1)
-        crops.append(m.astype(bool))
-        offs.append(o)
-    return Cells(
-        xyxy=cells.xyxy, kind=cells.kind, score=cells.score, masks=crops, mask_offset=offs,
-        mask_source=["label"] * len(cells), meta=cells.meta,
-    )
 
 
 def white_cells_only(cells: Cells) -> Cells:

