@@ -58,6 +58,33 @@ def abnormal_flag(code: str, what: str, n_unfamiliar: int, then: str = "") -> di
     return f
 
 
+# The one rule set of abnormal-cell flags, for a field, a slide (batch) and a patient (classify): each
+# label below raises its flag when any cell is typed so; smudge cells from SMUDGE_FLAG_PERCENT of the WBCs.
+ABNORMAL_FLAGS = (("blast", "blasts_present"), ("promyelocyte", "promyelocytes_present"),
+                  ("variant_lymphocyte", "variant_lymphocytes_present"))
+
+
+def wbc_flags(counts: dict[str, int], percent: dict[str, float], unfamiliar_by: dict[str, int],
+              alone: dict[str, int] | None = None, then: str = "review the gallery") -> list[dict]:
+    """Abnormal-cell flags (:data:`ABNORMAL_FLAGS`, smudge cells) from the typed cells' ``counts`` per label,
+    their ``percent`` of the differential, how many of each were ``unfamiliar`` and, after a call-level
+    prior adaptation (classify --adapt), the counts of each cell taken ``alone``: a flag is raised when
+    either shows the label."""
+    flags = []
+    alone = alone or {}
+    for lab, code in ABNORMAL_FLAGS:
+        n, n_alone = counts.get(lab, 0), alone.get(lab, counts.get(lab, 0))
+        if n or n_alone:
+            msg = f"{n} {lab.replace('_', ' ')}(s) found ({percent.get(lab, 0.0)}%)"
+            if n_alone != n:
+                msg += f", {n_alone} when each cell is taken alone"
+            flags.append(abnormal_flag(code, msg, unfamiliar_by.get(lab, 0), then))
+    if percent.get("smudge_cell", 0.0) >= SMUDGE_FLAG_PERCENT:
+        flags.append(abnormal_flag("smudge_cells", f"smudge cells {percent['smudge_cell']}% of WBCs "
+                                   f"(>= {SMUDGE_FLAG_PERCENT:g}%)", unfamiliar_by.get("smudge_cell", 0)))
+    return flags
+
+
 DISCLAIMER = "Research use only: flags point a trained reader at cells to review; they are not a diagnosis."
 
 
@@ -115,12 +142,7 @@ def summarize_counts(counts: dict[str, int], wbc_labels: list, wbc_unfamiliar: l
     if n_lab == 0 and n_wbc:
         flags.append({"code": "not_classified", "message": "WBCs were not classified (classifier off or unavailable): no differential"})
     unf_by = Counter(lab for lab, u in zip(wbc_labels, unfamiliar) if lab is not None and u)
-    for lab, code, what in (("blast", "blasts_present", "blast(s)"), ("promyelocyte", "promyelocytes_present", "promyelocyte(s)")):
-        if lab in diff:
-            flags.append(abnormal_flag(code, f"{diff[lab]['count']} {what} found", unf_by[lab], "review the gallery"))
-    if "smudge_cell" in diff and diff["smudge_cell"]["percent"] >= SMUDGE_FLAG_PERCENT:
-        flags.append(abnormal_flag("smudge_cells", f"smudge cells {diff['smudge_cell']['percent']}% of WBCs "
-                                   f"(>= {SMUDGE_FLAG_PERCENT}%)", unf_by["smudge_cell"]))
+    flags += wbc_flags(by_label, {lab: d["percent"] for lab, d in diff.items()}, unf_by)
     if n_lab >= MIN_WBC_FOR_DIFFERENTIAL:
         for lab, (lo, hi) in REFERENCE_INTERVALS.items():
             p = diff.get(lab, {"percent": 0.0})["percent"]

@@ -44,8 +44,31 @@ def test_abnormal_flags_say_how_many_of_those_cells_are_unfamiliar():
     c.unfamiliar = np.array([False] + [True, True, False] + [True] * 4 + [False] * 13)
     flags = {f["code"]: f for f in summarize(c)["flags"]}
     assert flags["blasts_present"]["unfamiliar"] == 2 and flags["smudge_cells"]["unfamiliar"] == 4
-    assert flags["blasts_present"]["message"].startswith("3 blast(s) found (2 of them unlike the training images")
+    assert flags["blasts_present"]["message"].startswith("3 blast(s) found (15.0%) (2 of them unlike the training images")
     assert flags["blasts_present"]["message"].endswith(": review the gallery")
+
+
+def test_field_slide_and_patient_summaries_share_one_flag_rule_set():
+    """The same typed cells raise the same abnormal-cell flags whether they came from a field (analyze), a
+    slide's totals (batch) or a patient's single-cell images (classify)."""
+    from bccdet.adapters.classifier import summary as patient_summary
+    from bccdet.report import ABNORMAL_FLAGS, SMUDGE_FLAG_PERCENT, summarize_counts
+
+    labels = ["blast"] * 2 + ["variant_lymphocyte"] * 3 + ["smudge_cell"] * 12 + ["neutrophil"] * 83
+    field = summarize(_cells(len(labels), labels))
+    slide = summarize_counts({"rbc": 0, "wbc": len(labels), "platelet": 0}, labels)
+    rows = [{"label": lab, "label_score": 0.9, "p_blast": float(lab == "blast"), "p_promyelocyte": 0.0}
+            for lab in labels]
+    patient = patient_summary(rows, apl_model=None)
+    abnormal = {code for _, code in ABNORMAL_FLAGS} | {"smudge_cells"}
+
+    def codes(s):
+        return {f["code"]: f["message"] for f in s["flags"] if f["code"] in abnormal}
+
+    assert codes(field) == codes(slide)
+    assert set(codes(field)) == set(codes(patient)) == {"blasts_present", "variant_lymphocytes_present", "smudge_cells"}
+    assert codes(field)["smudge_cells"] == f"smudge cells 12.0% of WBCs (>= {SMUDGE_FLAG_PERCENT:g}%)"
+    assert codes(patient)["blasts_present"].startswith("2 blast(s) found (2.0%)")
 
 
 def test_few_wbc_and_unclassified_flags():

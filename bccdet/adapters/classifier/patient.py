@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ...io import InputError
-from ...report import SMUDGE_FLAG_PERCENT, abnormal_flag, differential_base, unfamiliar_flag
+from ...report import differential_base, unfamiliar_flag, wbc_flags
 from ...vocab import LABELS, NOT_IN_DIFFERENTIAL
 
 
@@ -149,16 +149,7 @@ def summary(rows: Sequence[dict], apl_model: str | Path | dict | None = "default
         flags.append({"code": "unreadable", "message": f"{len(failed)} file(s) could not be read"})
     alone = Counter(r.get("label_alone", r["label"]) for r in ok)
     unf_by = Counter(r["label"] for r in ok if r.get("unfamiliar"))
-    for lab, code in (("blast", "blasts_present"), ("promyelocyte", "promyelocytes_present"),
-                      ("variant_lymphocyte", "variant_lymphocytes_present")):
-        if counts.get(lab) or alone.get(lab):
-            msg = f"{counts[lab]} {lab.replace('_', ' ')}(s) ({diff.get(lab, 0.0)}%)"
-            if alone.get(lab, 0) != counts.get(lab, 0):
-                msg += f", {alone[lab]} when each cell is taken alone"
-            flags.append(abnormal_flag(code, msg, unf_by[lab], "review"))
-    if diff.get("smudge_cell", 0.0) >= SMUDGE_FLAG_PERCENT:
-        flags.append(abnormal_flag("smudge_cells", f"smudge cells {diff['smudge_cell']}% (>= {SMUDGE_FLAG_PERCENT:g}%)",
-                                   unf_by["smudge_cell"]))
+    flags += wbc_flags(counts, diff, unf_by, alone=alone, then="review")
     n_review = sum(1 for r in ok if r.get("review"))
     scored = [r for r in ok if r.get("unfamiliar") is not None]
     n_unfam = sum(1 for r in scored if r["unfamiliar"])

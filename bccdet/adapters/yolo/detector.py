@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...defaults import BORDER, EDGE_SLIVER, TILE, TILE_OVERLAP
 from ...types import KINDS, Cells, SmearMeta
 
 
@@ -159,20 +160,8 @@ MAX_UPSCALE = 4.0
 UPSCALE_MAX_PIXELS = 48_000_000
 
 
-# A red cell cut by the image border is left out when what shows of it, across that border, is under this
-# share of the field's median red-cell side. Neither BCCD nor TXL-PBC labels such slivers; counting them
-# inflated red-cell counts by a quarter (TXL-PBC val at conf 0.25: +3.3 per field on 13.3). Chosen on TXL-PBC
-# val (merged val split; bench/detector_edge.py): 0.4 leaves out 606 of the 835 border false positives and
-# 10 of 1,521 border cells that were labelled. Those figures are for the bare image; with BORDER (below) the
-# detector itself reports few slivers, and the rule takes the count error from +0.15 to +0.07 per field.
-EDGE_SLIVER = 0.4
-
-# Grey (114, as ultralytics' letterbox) border, in network pixels, put around every image the detector sees:
-# ultralytics' validator adds half a stride on each side, and the models score better with it than on the bare
-# image as ultralytics' predictor gives it (no border on a 640 x 480 field): BCCD test box mAP50 0.907 vs
-# 0.895 and TXL-PBC val 0.978 vs 0.969 (bench/detector_border.py). Without it the detector also reports
-# slivers of red cells cut by the image border that no label set has.
-BORDER = 16
+# EDGE_SLIVER (red cells cut by the image border left out) and BORDER (grey border around every image the
+# detector sees): defined, with their measurements, in bccdet/defaults.py
 
 
 def edge_sliver_drop(xyxy: np.ndarray, rbc: np.ndarray, width: float, height: float, frac: float = EDGE_SLIVER,
@@ -281,7 +270,7 @@ class YoloDetector:
 
     def __init__(self, weights: str | Path, name: str = "", sha256: str = "", device: str = "cpu",
                  imgsz: int | None = None, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
-                 tile: int = 640, overlap: int = 192, scale: str | float = "auto", edge_sliver: float = EDGE_SLIVER,
+                 tile: int = TILE, overlap: int = TILE_OVERLAP, scale: str | float = "auto", edge_sliver: float = EDGE_SLIVER,
                  border: int = BORDER):
         from ...runtime import tune_malloc
 
