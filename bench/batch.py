@@ -76,7 +76,7 @@ def _py() -> list[str]:
 
 
 def _batch_cmd(inputs, out, detector, *extra) -> list[str]:
-    return [*_py(), "-m", "bccdet.cli_batch", "batch", *map(str, inputs), "--out", str(out), "--detector", detector,
+    return [*_py(), "-m", "bccdet.cli", "batch", *map(str, inputs), "--out", str(out), "--detector", detector,
             "--no-refine", "--no-classify", "--no-progress", *extra]
 
 

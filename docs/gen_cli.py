@@ -1,4 +1,4 @@
-"""Generate docs/cli.md (the CLI reference) from the typer app in bccdet/cli.py.
+"""Generate docs/cli.md (the CLI reference) from the typer app in bccdet/cli/ (``bccdet.cli.app``).
 
     python docs/gen_cli.py           # (re)write docs/cli.md
     python docs/gen_cli.py --check   # exit 1 if docs/cli.md is out of date

@@ -47,9 +47,7 @@ def _crop(src: Path, dst: Path, side=256) -> Path:
 
 def _app():
     from bccdet.cli import app
-    from bccdet.cli_batch import register
 
-    register(app)
     return app
 
 
@@ -249,7 +247,7 @@ def test_kill9_then_resume_equals_uninterrupted(bccd, tiny_detector, tmp_path):
     _fields(bccd, inp / "S2", 4, start=4)
 
     def cmd(out, *extra):
-        return [sys.executable, "-m", "bccdet.cli_batch", "batch", str(inp / "S1"), str(inp / "S2"), "--out", str(out),
+        return [sys.executable, "-m", "bccdet.cli", "batch", str(inp / "S1"), str(inp / "S2"), "--out", str(out),
                 "--detector", str(tiny_detector), *FAST, *extra]
 
     env = {k: v for k, v in os.environ.items() if k != "BCCDET_DEBUG"}

@@ -28,11 +28,11 @@ fo = pytest.importorskip("fiftyone")
 
 
 def run_curate(*args, env=None):
-    """``python -m bccdet.cli_curate ARGS`` (the main app with the curation commands registered)."""
+    """``python -m bccdet.cli ARGS`` (the main app, the curation commands among its commands)."""
     e = dict(os.environ)
     e.update(env or {})
     e.pop("BCCDET_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "bccdet.cli_curate", *map(str, args)], cwd=REPO, env=e,
+    return subprocess.run([sys.executable, "-m", "bccdet.cli", *map(str, args)], cwd=REPO, env=e,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -476,7 +476,7 @@ def test_curate_launch_serves_the_app(ds_name, bccd_yolo, tmp_path):
     port = _free_port()
     e = dict(os.environ)
     e.pop("BCCDET_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "bccdet.cli_curate", "curate", str(bccd_yolo), "--name", ds_name(),
+    proc = subprocess.Popen([sys.executable, "-m", "bccdet.cli", "curate", str(bccd_yolo), "--name", ds_name(),
                              "--split", "val", "--predictions", str(tmp_path / "pred"), "--no-brain", "--out",
                              str(tmp_path / "o"), "--launch", "--port", str(port)],
                             cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -496,7 +496,7 @@ def test_curate_launch_serves_the_app(ds_name, bccd_yolo, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the documented way to stop serving
         try:
-            proc.wait(timeout=90)  # cli_curate._close_app kills a stuck App server after 30 s
+            proc.wait(timeout=90)  # bccdet.cli.curate._close_app kills a stuck App server after 30 s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -519,7 +519,7 @@ def test_close_app_kills_a_stuck_app_server():
     kills only the `--51-service server` child."""
     import time
 
-    from bccdet.cli_curate import _close_app
+    from bccdet.cli.curate import _close_app
 
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--51-service", "server"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--51-service", "db"])
