@@ -36,29 +36,15 @@ def _fields(n: int, source: str = "bccd") -> list[Path]:
 
 def run_one(config: str, n: int, detector: str | None, device: str, border: int | None = None,
             source: str = "bccd") -> dict:
-    from bccdet.adapters.yolo import YoloDetector
     from bccdet.io import read_image
-    from bccdet.pipeline import Pipeline
-    from bccdet.weights import resolve
+    from bccdet.pipeline import resolve_spec
 
     refine, classify, morph = CONFIGS[config]
-    w, name, sha = resolve(detector, "detector")
     kw = {} if border is None else {"border": border}
-    pipe = Pipeline(detector=YoloDetector(w, name=name, sha256=sha, device=device, **kw))
-    if refine:
-        from bccdet.adapters.sam import SamRefiner
-
-        pipe.refiner = SamRefiner(device=device)
-    if classify:
-        from bccdet.adapters.classifier import CellClassifier
-
-        cw, cname, csha = resolve(None, "classifier")
-        pipe.classifier = CellClassifier(cw, device=device)
-    if morph:
-        from bccdet.adapters.morphology import MorphologyStage
-
-        mw, mname, msha = resolve(None, "rbc_morphology")
-        pipe.morphology = MorphologyStage(mw, device=device, name=mname, sha256=msha)
+    # the pipeline as analyze builds it (bccdet.pipeline), with the configuration's stages
+    spec, _ = resolve_spec(detector=detector, refine=refine, classify=classify, rbc_morphology=morph, device=device,
+                           detector_options=kw)
+    pipe = spec.build()
     fields = _fields(n, source)
     pipe.run(read_image(fields[0]), fields[0])  # warm-up
     rows, n_rbc = [], 0
