@@ -1,14 +1,13 @@
+"""Fixtures; the helpers they use (and that tests import) are in tests/helpers.py."""
+
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
-import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+import pytest  # noqa: E402
+
+from tests.helpers import REPO, bccd_subset, dataset_dir, run_cli  # noqa: E402,F401  (REPO: older imports)
 
 
 def _data_root():
@@ -25,28 +24,9 @@ def data_root():
     return root
 
 
-def dataset_dir(data_root, name: str):
-    """``data_root / name``, or the test skipped with the reason."""
-    p = data_root / name
-    if not p.is_dir():
-        pytest.skip(f"{p} absent")
-    return p
-
-
 @pytest.fixture(scope="session")
 def bccd(data_root):
     return dataset_dir(data_root, "bccd")
-
-
-def run_cli(*args, cwd=None, env=None):
-    """Run ``python cli.py ARGS`` as a user would; returns CompletedProcess (text)."""
-    e = dict(os.environ)
-    e.update(env or {})
-    e.pop("BCCDET_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, str(REPO / "cli.py"), *map(str, args)],
-        cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=900,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +35,8 @@ def tiny_detector(tmp_path_factory, bccd):
 
     Shared by test_analyze.py and test_fiftyone.py (session scope: trained once per run).
     """
-    from tests.test_train_smoke import _bccd_subset
-
     tmp = tmp_path_factory.mktemp("tiny")
-    sub = _bccd_subset(bccd, tmp / "bccd")
+    sub = bccd_subset(bccd, tmp / "bccd")
     assert run_cli("convert", "bccd", sub, "--out", tmp / "yolo", "--task", "segment").returncode == 0
     r = run_cli("train", "detector", "--data", tmp / "yolo/data.yaml", "--model", "yolov8n-seg.yaml", "--init", "none",
                 "--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--project", tmp / "runs", "--name", "t")
@@ -69,15 +47,3 @@ def tiny_detector(tmp_path_factory, bccd):
 @pytest.fixture
 def cli():
     return run_cli
-
-
-def disc_image(h=120, w=160, cells=((40, 50, 15), (100, 70, 20)), seed=0):
-    """A synthetic smear: pink background with darker discs; returns (rgb, list of (cx, cy, r))."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), (230, 200, 210), np.uint8)
-    for cx, cy, r in cells:
-        cv2.circle(img, (cx, cy), r, (190, 90, 110), -1)
-    img = np.clip(img.astype(int) + rng.integers(-5, 6, img.shape), 0, 255).astype(np.uint8)
-    return img, list(cells)

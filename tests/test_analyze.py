@@ -168,7 +168,7 @@ def test_interrupted_run_leaves_no_half_report(tiny_detector, smear, tmp_path):
     import sys
     import time
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     imgs = []
     for i in range(6):

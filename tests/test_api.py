@@ -85,7 +85,7 @@ def test_spec_is_plain_picklable_data_and_records_the_models():
 
 @pytest.mark.slow
 def test_classify_cells_on_pbc_crops(data_root):
-    from tests.conftest import dataset_dir
+    from tests.helpers import dataset_dir
 
     pbc = dataset_dir(data_root, "pbc")
     files = sorted(p for d in sorted(pbc.rglob("*")) if d.is_dir() for p in sorted(d.glob("*.jp*g"))[:2])[:6]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bccdet.vocab import LABELS
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, bccd_subset, run_cli
 
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_LOGGING_LEVEL", "WARNING")
@@ -62,10 +62,9 @@ def ds_name(fo_db):
 @pytest.fixture(scope="session")
 def bccd_yolo(tmp_path_factory, bccd):
     """A small real BCCD subset (6 train, 2 val, 2 test fields) converted with `convert bccd --task segment`."""
-    from tests.test_train_smoke import _bccd_subset
 
     tmp = tmp_path_factory.mktemp("fo_bccd")
-    sub = _bccd_subset(bccd, tmp / "bccd")
+    sub = bccd_subset(bccd, tmp / "bccd")
     r = run_cli("convert", "bccd", sub, "--out", tmp / "yolo", "--task", "segment")
     assert r.returncode == 0, r.stderr
     return tmp / "yolo"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bccdet.weights import resolve
-from tests.conftest import dataset_dir, run_cli
+from tests.helpers import dataset_dir, run_cli
 
 pytestmark = pytest.mark.data
 

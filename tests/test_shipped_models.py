@@ -326,9 +326,9 @@ def test_evaluate_detector_command_on_bccd_test_fields(bccd, tmp_path, cli):
     white cells (the whole split: box mAP50 0.907, WBC 0.971; weights/bccdet-yolov8n-seg640.md)."""
     import json
 
-    from tests.test_train_smoke import _bccd_subset
+    from tests.helpers import bccd_subset
 
-    sub = _bccd_subset(bccd, tmp_path / "bccd", n=(1, 1, 12))
+    sub = bccd_subset(bccd, tmp_path / "bccd", n=(1, 1, 12))
     assert cli("convert", "bccd", sub, "--out", tmp_path / "yolo", "--task", "segment").returncode == 0
     r = cli("evaluate", "detector", "--data", tmp_path / "yolo/data.yaml", "--split", "test", "--json", tmp_path / "m.json")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -6,24 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import bccd_subset
+from tests.helpers import bccd_subset as _bccd_subset  # noqa: F401  (tests/test_sam.py imports it from here)
+
 pytestmark = [pytest.mark.data, pytest.mark.slow]
-
-
-def _bccd_subset(bccd: Path, root: Path, n=(6, 2, 2)) -> Path:
-    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / d).mkdir(parents=True)
-    for split, k in zip(("train", "val", "test"), n):
-        stems = (bccd / f"ImageSets/Main/{split}.txt").read_text().split()[:k]
-        for s in stems:
-            shutil.copy(bccd / "Annotations" / f"{s}.xml", root / "Annotations")
-            shutil.copy(bccd / "JPEGImages" / f"{s}.jpg", root / "JPEGImages")
-        (root / f"ImageSets/Main/{split}.txt").write_text("\n".join(stems) + "\n")
-    return root
 
 
 @pytest.mark.parametrize("task,model", [("detect", "yolov8n.yaml"), ("segment", "yolov8n-seg.yaml")])
 def test_converted_bccd_trains_one_epoch(bccd, tmp_path, cli, task, model):
-    sub = _bccd_subset(bccd, tmp_path / "bccd")
+    sub = bccd_subset(bccd, tmp_path / "bccd")
     out = tmp_path / "yolo"
     r = cli("convert", "bccd", sub, "--out", out, "--task", task)
     assert r.returncode == 0, r.stderr
@@ -86,7 +77,7 @@ def test_detector_trains_on_the_threads_asked(bccd, tmp_path, cli, monkeypatch):
     from bccdet.adapters import yolo
     from bccdet.adapters.yolo import training  # train() looks build_model up in its own module
 
-    sub = _bccd_subset(bccd, tmp_path / "bccd", n=(4, 2, 0))
+    sub = bccd_subset(bccd, tmp_path / "bccd", n=(4, 2, 0))
     r = cli("convert", "bccd", sub, "--out", tmp_path / "y", "--task", "detect")
     assert r.returncode == 0, r.stderr
     seen, build = [], yolo.build_model
