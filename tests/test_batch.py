@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from bccdet import batch as B
+from bccdet.batch import engine as batch_engine  # where Batch looks _classifier_available up
 from bccdet.weights import default_name
 from tests.conftest import REPO
 
@@ -420,14 +421,14 @@ def test_single_cell_export_classified_with_patient_summary(bccd, tmp_path, monk
     dummy = tmp_path / "det.pt"
     dummy.write_bytes(b"fake")
     # without a classifier module the slide is recorded as failed with the reason
-    monkeypatch.setattr(B, "_classifier_available", lambda: False)
+    monkeypatch.setattr(batch_engine, "_classifier_available", lambda: False)
     res = B.run_batch([inp / "Patient_A"], tmp_path / "o1", detector=str(dummy), classifier=str(ck), progress=False,
                       log=lambda m: None)
     man = json.loads((tmp_path / "o1/manifest.json").read_text())
     assert res["failed"] and man["slides"][0]["status"] == "failed"
     assert man["slides"][0]["error"].startswith("classifier not available")
     # with one: classify_paths + its patient summary (apl_score) -> slide.json, slides.csv
-    monkeypatch.setattr(B, "_classifier_available", lambda: True)
+    monkeypatch.setattr(batch_engine, "_classifier_available", lambda: True)
     _fake_classifier(monkeypatch, C)
     # summary() looks these up in its own module, bccdet.adapters.classifier.patient
     monkeypatch.setattr(C.patient, "apl_score_model", lambda model, probs: 0.9)  # an APL-looking patient
@@ -478,7 +479,7 @@ def test_ray_backend_same_outputs_as_local(bccd, tiny_detector, tmp_path):
 def test_a_csv_list_names_itself_and_the_line_of_a_missing_path(tmp_path):
     lst = tmp_path / "slides.csv"
     lst.write_text("path\n/nowhere/a.jpg\n")
-    (spec,) = B.expand_inputs([str(lst)])
+    (spec,) = B.expand_slides([str(lst)])
     assert spec["error"] == "slides.csv line 2: /nowhere/a.jpg: no such file or folder"
 
 
@@ -491,7 +492,7 @@ def test_batch_adapt_reestimates_each_single_cell_patient_and_is_kept_on_resume(
     ck, dummy = tmp_path / "clf.pt", tmp_path / "det.pt"
     ck.write_bytes(b"fake")
     dummy.write_bytes(b"fake")
-    monkeypatch.setattr(B, "_classifier_available", lambda: True)
+    monkeypatch.setattr(batch_engine, "_classifier_available", lambda: True)
     _fake_classifier(monkeypatch, C)
     out = tmp_path / "o"
     B.run_batch([inp / "Patient_B"], out, detector=str(dummy), classifier=str(ck), progress=False, adapt=True,
@@ -518,7 +519,7 @@ def test_batch_review_threshold_reaches_the_classifier_and_is_kept_on_resume(bcc
     ck, dummy = tmp_path / "clf.pt", tmp_path / "det.pt"
     ck.write_bytes(b"fake")
     dummy.write_bytes(b"fake")
-    monkeypatch.setattr(B, "_classifier_available", lambda: True)
+    monkeypatch.setattr(batch_engine, "_classifier_available", lambda: True)
     _fake_classifier(monkeypatch, C)
     import pandas as pd
 
