@@ -12,7 +12,6 @@ that need them, when a pipeline is loaded (docs/api.md).
 
 from .pipeline import Pipeline, PipelineSpec, SmearReport, analyze, classify_cells, load_pipeline
 from .types import KINDS, Cells, CellsError, SmearMeta
-
-__version__ = "0.1.0"
+from .version import __version__
 __all__ = ["Cells", "CellsError", "SmearMeta", "KINDS", "__version__", "analyze", "load_pipeline", "classify_cells",
            "Pipeline", "PipelineSpec", "SmearReport"]

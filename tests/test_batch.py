@@ -607,6 +607,7 @@ def test_resume_keeps_the_models_a_batch_started_with_when_the_default_changed(b
     assert rep["models"]["detector"]["name"] == old
 
 
+@pytest.mark.slow
 def test_batch_edge_sliver_is_recorded_only_when_not_the_default(bccd, tiny_detector, tmp_path):
     a = _fields(bccd, tmp_path / "in" / "A", 1)
     for val, want in (("0.3", {"edge_sliver": 0.3}), ("0.4", {})):

@@ -43,6 +43,7 @@ def test_convert_bccd_keeps_published_split(bccd, tmp_path, cli):
     assert "rbc" in r.stdout and "dropped: 2" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_convert_txl_merge_dedups_and_prefers_first_source(data_root, bccd, tmp_path, cli):
     txl = data_root / "txl-pbc"
@@ -67,6 +68,7 @@ def test_convert_txl_merge_dedups_and_prefers_first_source(data_root, bccd, tmp_
     assert len(line) >= 7 and len(line) % 2 == 1
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_merge_fails_loudly_on_test_leakage(bccd, tmp_path, cli):
     assert cli("convert", "bccd", bccd, "--out", tmp_path / "b").returncode == 0
@@ -92,6 +94,7 @@ def test_merge_fails_loudly_on_test_leakage(bccd, tmp_path, cli):
     assert r.returncode == 2 and "3 train/val image(s) also in the test split" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_convert_pbc_dedup_and_stratified(data_root, tmp_path, cli):
     pbc = data_root / "pbc"

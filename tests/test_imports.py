@@ -1,4 +1,5 @@
-"""Imports between bccdet's own modules run one way (convert -> adapters -> types / io / vocab / report ...).
+"""Imports between bccdet's own modules run one way, down the layers (cli -> workflows -> pipeline -> adapters /
+convert -> core), with no cycles.
 
 Every ``import`` / ``from ... import`` of a bccdet module is counted, at the top of a module and inside its
 functions alike: an import deferred into a function still ties the two modules together, and a cycle made of
@@ -164,3 +165,56 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
     assert graph["bccdet.c"] == {"bccdet.sub.x"}
     assert import_cycles(graph, known=set()) == [("bccdet.a", "bccdet.b")]
     assert import_cycles(graph, known={frozenset({"bccdet.a", "bccdet.b"})}) == []
+
+
+# The import rule (docs/architecture.md): each module imports only modules of its own layer or below.
+# Layer of a module: the first prefix below that matches it (the longest prefixes are listed first).
+LAYERS = [
+    ("bccdet.cli", 5),                       # parses, calls one library function, prints
+    ("bccdet.batch", 4), ("bccdet.classify", 4), ("bccdet.curate", 4),
+    ("bccdet.analysis", 4),                  # workflows over many inputs
+    ("bccdet.conversion", 4), ("bccdet.training", 4), ("bccdet.evaluation", 4),  # the convert / train / evaluate jobs
+    ("bccdet.pipeline", 3),                  # the one place the stages are built and chained
+    ("bccdet.adapters", 2),                  # one per framework (ultralytics, SAM, timm, FiftyOne)
+    ("bccdet.convert", 2),                   # data-set formats: beside the adapters (SAM masks for labels;
+                                             # FiftyOne reads and writes the YOLO layouts)
+    ("bccdet", 1),                           # types, io, vocab, report, morphology, weights, runtime, defaults, ...
+]
+LAYER_NAMES = {5: "cli", 4: "workflows", 3: "pipeline", 2: "adapters / convert", 1: "core"}
+
+
+def layer(module: str) -> int:
+    for prefix, lev in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return lev
+    raise AssertionError(module)
+
+
+def test_imports_run_one_way_down_the_layers():
+    """cli -> workflows (batch, classify, curate, analysis) -> pipeline -> adapters and convert -> core
+    (types, io, vocab, report, ...); the package's own ``__init__`` (the library face) may re-export from
+    any layer, and no module imports that face."""
+    up = []
+    for a, targets in sorted(import_graph().items()):
+        if a == PKG:
+            continue
+        for b in sorted(targets):
+            if b != PKG and layer(b) > layer(a):
+                up.append(f"{a} ({LAYER_NAMES[layer(a)]}) imports {b} ({LAYER_NAMES[layer(b)]})")
+            if b == PKG:
+                up.append(f"{a} imports the package face bccdet (import the module it needs)")
+    assert not up, "\n".join(up)
+
+
+# Modules over ~500 lines, each with why it is one module (none may pass 700).
+LONG_MODULES = {
+    "bccdet/types.py": "the core type: Cells, its validation, indexing and every conversion (supervision, COCO, "
+                       "YOLO, RLE) in one place, so that writers and adapters share one definition",
+}
+
+
+def test_modules_are_small():
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in (ROOT / PKG).rglob("*.py")}
+    assert not {m: n for m, n in sizes.items() if n > 700}, "modules over 700 lines"
+    long = {m for m, n in sizes.items() if n > 520}
+    assert long <= set(LONG_MODULES), f"over ~500 lines without a reason in LONG_MODULES: {sorted(long - set(LONG_MODULES))}"

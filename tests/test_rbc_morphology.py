@@ -34,6 +34,7 @@ def stages():
     return YoloDetector(w, name=name, sha256=sha), MorphologyStage(mw, name=mname, sha256=msha)
 
 
+@pytest.mark.slow
 def test_shipped_model_types_red_cells_of_held_out_fields(held_out, stages):
     """Labelled points of 8 held-out fields: the point's detected red cell typed as labelled (a point no red
     cell holds counts as wrong, as in the benchmark)."""
@@ -66,6 +67,7 @@ def test_shipped_model_types_red_cells_of_held_out_fields(held_out, stages):
 ACCURACY_FLOOR = 0.80  # measured 0.881 (303 of 344 points) on these 8 fields; 0.858 over the whole test split (card)
 
 
+@pytest.mark.slow
 def test_analyze_types_and_grades_red_cells_and_can_skip_it(held_out, tmp_path):
     p = held_out[0][0]
     r = run_cli("analyze", p, "--out", tmp_path / "on", "--no-refine", "--no-classify")
@@ -88,6 +90,7 @@ def test_analyze_types_and_grades_red_cells_and_can_skip_it(held_out, tmp_path):
     assert len(off["cells"]) == len(rep["cells"])  # the stage types cells, it does not add or drop them
 
 
+@pytest.mark.slow
 def test_batch_grades_a_slide_from_the_red_cells_of_all_its_fields(held_out, tmp_path):
     from bccdet import batch as B
     from bccdet.morphology import morphology_summary
@@ -114,6 +117,7 @@ def test_batch_grades_a_slide_from_the_red_cells_of_all_its_fields(held_out, tmp
     assert all(row[f"rbc_grade_{t}"] == got[t]["grade"] for t in got if isinstance(got[t], dict) and t != "normal")
 
 
+@pytest.mark.slow
 def test_a_phone_camera_field_is_typed_but_not_graded_as_abnormal(bccd, tmp_path):
     """The README sample (BCCD, another camera and stain): its red cells came out mostly "spherocyte"; the
     field's median score (0.76) says they are unlike the training fields, so no grade is flagged."""

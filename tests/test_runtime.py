@@ -54,6 +54,7 @@ THREADS_CODE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("asked", [None, 3])
 def test_detector_leaves_torch_threads_as_found(asked):
     """ultralytics sets OMP_NUM_THREADS=1 on import and torch's threads to cpu_count - 1 (at most 8) on

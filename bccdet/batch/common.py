@@ -93,7 +93,7 @@ def _load_json(p: Path) -> dict | None:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 
