@@ -10,7 +10,8 @@
 that need them, when a pipeline is loaded (docs/api.md).
 """
 
-from .pipeline import Pipeline, PipelineSpec, SmearReport, analyze, classify_cells, load_pipeline
+from .classify import classify_cells
+from .pipeline import Pipeline, PipelineSpec, SmearReport, analyze, load_pipeline
 from .types import KINDS, Cells, CellsError, SmearMeta
 from .version import __version__
 __all__ = ["Cells", "CellsError", "SmearMeta", "KINDS", "__version__", "analyze", "load_pipeline", "classify_cells",

@@ -100,6 +100,40 @@ def _echo_patient(summ: dict, who: str, echo: Callable[[str], None]) -> None:
         echo(f"{who}flag {f['code']}: {f['message']}")
 
 
+def classify_patient(files: Sequence[Path], clf, batch_size: int = CLASSIFY_BATCH, device: str = "cpu",
+                     adapt: bool = False, progress: Callable[[int], None] | None = None) -> tuple[list[dict], dict]:
+    """One patient's single-cell images through a loaded classifier: (one row per image, the patient
+    summary: differential, flags, apl_score); ``adapt``: the patient's class mix re-estimated first."""
+    from .adapters.classifier import adapt_rows, classify_paths, summary
+
+    rows = classify_paths(list(files), clf, batch_size=batch_size, device=device, progress=progress)
+    adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
+    return rows, summary(rows, prior_adaptation=adaptation)
+
+
+def classify_cells(paths, classifier: str | None = None, device: str = "cpu", *, batch_size: int = CLASSIFY_BATCH,
+                   precision: str = "fp32", review_threshold: float | None = None, adapt: bool = False) -> dict:
+    """``bccdet.classify_cells(paths)``: single-cell images (files or folders, e.g. a CellaVision export) of
+    one patient -> ``{"cells": one row per image (file, label, label_score, review, p_<label>, unfamiliar,
+    reason), "summary": the patient summary (differential, flags, apl_score), "model": ...}``, as
+    ``bccdet classify`` computes them (without writing anything)."""
+    from .adapters.classifier import load_classifier
+    from .io import expand_images
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file or folder")
+    files, _ = expand_images(paths)
+    if not files:
+        raise InputError(f"no image files in {', '.join(map(str, paths))}")
+    clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold)
+    rows, summ = classify_patient(files, clf, batch_size=batch_size, device=device, adapt=adapt)
+    return {"cells": rows, "summary": summ,
+            "model": {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision,
+                      "review_threshold": clf.threshold}}
+
+
 def classify_export(paths: Sequence[Path], out: Path, classifier: str | None = None, device: str = "cpu",
                     batch: int = CLASSIFY_BATCH, patients: str = "call", adapt: bool = False, precision: str = "fp32",
                     review_threshold: float | None = None, progress: bool = True,
@@ -129,7 +163,7 @@ def classify_export(paths: Sequence[Path], out: Path, classifier: str | None = N
         raise InputError(f"no image files in {', '.join(map(str, paths))}")
     from tqdm import tqdm
 
-    from .adapters.classifier import adapt_rows, classify_paths, load_classifier, summary
+    from .adapters.classifier import load_classifier
 
     clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold)
     buf = io.StringIO()
@@ -142,14 +176,13 @@ def classify_export(paths: Sequence[Path], out: Path, classifier: str | None = N
                mininterval=0.5)
     try:
         for patient, files in groups:
-            rows = classify_paths(files, clf, batch_size=batch, device=device, progress=bar.update)
+            rows, summ = classify_patient(files, clf, batch_size=batch, device=device, adapt=adapt,
+                                          progress=bar.update)
             pages.append((patient, rows))
-            adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
             for r in rows:
                 wr.writerow(_cells_row(r, patient, LABELS))
                 if r["reason"]:
                     error(r["reason"])
-            summ = summary(rows, prior_adaptation=adaptation)
             summ["patient"] = patient
             summaries[patient] = summ
             _echo_patient(summ, f"{patient}: " if len(groups) > 1 else "", echo)

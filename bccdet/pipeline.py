@@ -364,26 +364,3 @@ def analyze(path: str | Path | np.ndarray, **options) -> SmearReport:
         _LAST.clear()
         _LAST.update(key=key, pipe=load_pipeline(**options))
     return _LAST["pipe"].analyze(path)
-
-
-def classify_cells(paths, classifier: str | None = None, device: str = "cpu", *, batch_size: int = 32,
-                   precision: str = "fp32", review_threshold: float | None = None, adapt: bool = False) -> dict:
-    """``bccdet.classify_cells(paths)``: single-cell images (files or folders, e.g. a CellaVision export) ->
-    ``{"cells": one row per image (label, label_score, review, p_<label>, unfamiliar, reason), "summary": the
-    patient summary (differential, flags, apl_score), "model": ...}``, as ``bccdet classify`` writes them."""
-    from .adapters.classifier import adapt_rows, classify_paths, load_classifier, summary
-    from .io import expand_images
-
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    missing = [p for p in paths if not Path(p).exists()]
-    if missing:
-        raise InputError(f"{missing[0]}: no such file or folder")
-    files, _ = expand_images(paths)
-    if not files:
-        raise InputError(f"no image files in {', '.join(map(str, paths))}")
-    clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold)
-    rows = classify_paths(files, clf, batch_size=batch_size, device=device)
-    adaptation = adapt_rows(rows, clf.prior, clf.threshold) if adapt else None
-    return {"cells": rows, "summary": summary(rows, prior_adaptation=adaptation),
-            "model": {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision,
-                      "review_threshold": clf.threshold}}

@@ -88,9 +88,9 @@ def test_classify_cells_on_pbc_crops(data_root):
     from tests.helpers import dataset_dir
 
     pbc = dataset_dir(data_root, "pbc")
-    files = sorted(p for d in sorted(pbc.rglob("*")) if d.is_dir() for p in sorted(d.glob("*.jp*g"))[:2])[:6]
+    files = [p for d in sorted(x for x in pbc.iterdir() if x.is_dir()) for p in sorted(d.iterdir())[:1]][:6]
     if not files:
-        pytest.skip(f"no JPG crops under {pbc}")
+        pytest.skip(f"no crops under {pbc}")
     res = bccdet.classify_cells(files)
     assert len(res["cells"]) == len(files) and res["summary"]["classified"] == len(files)
     assert all(r["label"] for r in res["cells"]) and 0.0 <= res["summary"]["apl_score"] <= 1.0
