@@ -207,18 +207,7 @@ def test_analyze_replaces_only_its_own_earlier_report(tmp_path):
     assert not _replaceable(out / "notes", tmp_path / "notes.png")  # a folder we did not write is never replaced
 
 
-def test_edge_sliver_option_defaults_to_the_adapters_rule(cli, tmp_path):
-    import typer
-
-    from bccdet.adapters.yolo import EDGE_SLIVER
-    from bccdet.cli import app
-
-    from bccdet.adapters.yolo import BORDER
-
-    cmd = typer.main.get_command(app).commands["analyze"]
-    assert next(p for p in cmd.params if p.name == "edge_sliver").default == EDGE_SLIVER
-    ev = typer.main.get_command(app).commands["evaluate"].commands["detector"]
-    assert next(p for p in ev.params if p.name == "edge_sliver").default == EDGE_SLIVER
-    assert next(p for p in ev.params if p.name == "border").default == BORDER
+def test_edge_sliver_option_is_checked(cli, tmp_path):
+    """(Its default is defaults.EDGE_SLIVER, written once: tests/test_imports.py::test_each_default_is_written_once.)"""
     r = cli("analyze", "--sample", "--out", tmp_path, "--edge-sliver", "1")
     assert r.returncode == 2 and "expected a share in [0, 1)" in r.stderr and "Traceback" not in r.stderr

@@ -218,3 +218,35 @@ def test_modules_are_small():
     assert not {m: n for m, n in sizes.items() if n > 700}, "modules over 700 lines"
     long = {m for m, n in sizes.items() if n > 520}
     assert long <= set(LONG_MODULES), f"over ~500 lines without a reason in LONG_MODULES: {sorted(long - set(LONG_MODULES))}"
+
+
+# Options with a default in bccdet/defaults.py: no function or CLI option may spell the value again.
+DEFAULTED = {"edge_sliver": "EDGE_SLIVER", "border": "BORDER", "tile": "TILE", "overlap": "TILE_OVERLAP",
+             "scale": "SCALE"}
+
+
+def test_each_default_is_written_once():
+    """A parameter or typer option named as one of :data:`DEFAULTED` takes its default from defaults.py,
+    never from a literal (a second literal would drift from the first)."""
+    import bccdet.defaults as D
+
+    literal = []
+    for f in sorted((ROOT / PKG).rglob("*.py")):
+        rel = f.relative_to(ROOT).as_posix()
+        tree = ast.parse(f.read_text(), rel)
+        for node in ast.walk(tree):
+            pairs = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                pos = a.posonlyargs + a.args
+                pairs += list(zip(pos[len(pos) - len(a.defaults):], a.defaults))
+                pairs += [(k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+                for arg, default in pairs:
+                    if arg.arg in DEFAULTED and isinstance(default, ast.Constant) and default.value is not None:
+                        literal.append(f"{rel}:{default.lineno} {arg.arg}={default.value!r}")
+                    # typer: name: T = typer.Option(<literal>, ...)
+                    if (arg.arg in DEFAULTED and isinstance(default, ast.Call) and default.args
+                            and getattr(default.func, "attr", "") == "Option" and isinstance(default.args[0], ast.Constant)
+                            and default.args[0].value == getattr(D, DEFAULTED[arg.arg])):
+                        literal.append(f"{rel}:{default.lineno} {arg.arg} typer.Option({default.args[0].value!r})")
+    assert not literal, "defaults spelled as literals (use bccdet.defaults):\n" + "\n".join(literal)

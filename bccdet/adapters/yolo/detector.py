@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...defaults import BORDER, EDGE_SLIVER, TILE, TILE_OVERLAP
+from ...defaults import BORDER, EDGE_SLIVER, SCALE, TILE, TILE_OVERLAP
 from ...types import KINDS, Cells, SmearMeta
 
 
@@ -270,7 +270,7 @@ class YoloDetector:
 
     def __init__(self, weights: str | Path, name: str = "", sha256: str = "", device: str = "cpu",
                  imgsz: int | None = None, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
-                 tile: int = TILE, overlap: int = TILE_OVERLAP, scale: str | float = "auto", edge_sliver: float = EDGE_SLIVER,
+                 tile: int = TILE, overlap: int = TILE_OVERLAP, scale: str | float = SCALE, edge_sliver: float = EDGE_SLIVER,
                  border: int = BORDER):
         from ...runtime import tune_malloc
 
