@@ -189,3 +189,24 @@ def curate_classification(data: Path, name: str, predictions: Path | None = None
     ds.info[INFO_KEY] = info
     ds.save()
     return ds, summ, sus
+
+
+def export_dataset(name: str, out: Path, formats: Sequence[str] = ("yolo",), task: str = "segment",
+                   saved_view: str | None = None, tags: Sequence[str] = (), splits: Sequence[str] = (),
+                   corrected: bool = True, auto: bool = False, overwrite: bool = False) -> dict:
+    """``bccdet curate-export``: dataset ``name`` (or its saved view; only samples with any of ``tags``, of
+    ``splits``) with the reviewed labels back to the YOLO layout (and COCO). Returns export_labels' totals."""
+    from .adapters.fiftyone import export_labels, open_dataset
+
+    ds = open_dataset(name, "detection")
+    if saved_view:
+        if saved_view not in ds.list_saved_views():
+            raise CurationError(f"dataset {name!r} has no saved view {saved_view!r}; saved views: {ds.list_saved_views()}")
+        view = ds.load_saved_view(saved_view)
+    else:
+        view = ds.view()
+    if tags:
+        view = view.match_tags(list(tags))
+    if splits:
+        view = view.match_tags(list(splits))
+    return export_labels(view, out, formats=formats, task=task, corrected=corrected, auto=auto, overwrite=overwrite)

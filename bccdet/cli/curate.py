@@ -19,6 +19,14 @@ from .common import device_option, friendly
 
 CURATION_OUT = Path("curation")
 
+# options shared by curate and curate-cls
+_NAME = typer.Option(..., "--name", help="FiftyOne dataset name (persistent; updated if it exists).")
+_SPLIT = typer.Option([], "--split", help="Only these splits (repeatable; default all).")
+_LAUNCH = typer.Option(False, "--launch", help="Serve the FiftyOne App on the dataset when done.")
+_PORT = typer.Option(5151, help="App port (--launch).")
+_ADDRESS = typer.Option("127.0.0.1", help="App address (--launch).")
+_VERBOSE = typer.Option(False, "--verbose", help="Show FiftyOne's progress logs.")
+
 
 def _quiet(verbose: bool) -> None:
     """FiftyOne logs every brain/eval step at INFO on stdout: keep our own output readable."""
@@ -90,10 +98,10 @@ def _timings(t: dict) -> str:
 @friendly
 def curate(
     data: Path = typer.Argument(..., help="Converted YOLO detect/segment folder (data.yaml) = ground truth."),
-    name: str = typer.Option(..., "--name", help="FiftyOne dataset name (persistent; updated if it exists)."),
+    name: str = _NAME,
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of analyze/batch outputs (report.json files); default: run the detector."),
     detector: Optional[str] = typer.Option(None, help="Detector name or .pt (predictions and embeddings)."),
-    split: List[str] = typer.Option([], "--split", help="Only these splits (repeatable; default all)."),
+    split: List[str] = _SPLIT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where suspects.csv and evaluation.json go (default curation/NAME)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset NAME (default: update it) and a non-empty --export folder."),
     missing_conf: float = typer.Option(0.5, help="possible_missing: minimum prediction confidence."),
@@ -103,11 +111,11 @@ def curate(
     export: Optional[Path] = typer.Option(None, "--export", help="Also export the corrected labels to this folder."),
     export_format: List[str] = typer.Option(["yolo"], "--export-format", help="yolo and/or coco (repeatable)."),
     task: str = typer.Option("segment", help="YOLO task of the export: segment or detect."),
-    launch: bool = typer.Option(False, "--launch", help="Serve the FiftyOne App on the dataset when done."),
-    port: int = typer.Option(5151, help="App port (--launch)."),
-    address: str = typer.Option("127.0.0.1", help="App address (--launch)."),
+    launch: bool = _LAUNCH,
+    port: int = _PORT,
+    address: str = _ADDRESS,
     device: str = device_option(),
-    verbose: bool = typer.Option(False, "--verbose", help="Show FiftyOne's progress logs."),
+    verbose: bool = _VERBOSE,
 ):
     """Build/update a FiftyOne dataset from a YOLO data set, add bccdet predictions, evaluate, run the brain, tag suspected label errors (ranked CSV)."""
     _quiet(verbose)
@@ -144,19 +152,19 @@ def curate(
 @friendly
 def curate_cls(
     data: Path = typer.Argument(..., help="Converted classify folder (SPLIT/LABEL/*, manifest.csv) or LABEL/* folders."),
-    name: str = typer.Option(..., "--name", help="FiftyOne dataset name (persistent; updated if it exists)."),
+    name: str = _NAME,
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="CSV of classifier probabilities (file + p_<label> columns); default: an out-of-fold probe on the embeddings."),
     detector: Optional[str] = typer.Option(None, help="Embed with this detector's backbone instead of the default leukocyte classifier (used anyway when no classifier loads)."),
-    split: List[str] = typer.Option([], "--split", help="Only these splits (repeatable; default all)."),
+    split: List[str] = _SPLIT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where suspects.csv goes (default curation/NAME)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset NAME (default: update it)."),
     near_dup_threshold: float = typer.Option(0.05, help="Near duplicates: embedding distance at most this."),
     mislabel_threshold: float = typer.Option(0.7, help="possible_mislabel: brain mistakenness at least this."),
-    launch: bool = typer.Option(False, "--launch", help="Serve the FiftyOne App on the dataset when done."),
-    port: int = typer.Option(5151, help="App port (--launch)."),
-    address: str = typer.Option("127.0.0.1", help="App address (--launch)."),
+    launch: bool = _LAUNCH,
+    port: int = _PORT,
+    address: str = _ADDRESS,
     device: str = device_option(),
-    verbose: bool = typer.Option(False, "--verbose", help="Show FiftyOne's progress logs."),
+    verbose: bool = _VERBOSE,
 ):
     """Curate a single-cell classification set: label mistakenness from class probabilities, hardness, uniqueness, exact and near duplicates."""
     _quiet(verbose)
@@ -194,20 +202,10 @@ def curate_export(
 ):
     """Export a dataset or view, with the corrected labels, back to the YOLO layout (and COCO) for training."""
     _quiet(False)
-    from ..adapters import fiftyone as bf
+    from ..curate import export_dataset
 
-    ds = bf.open_dataset(name, "detection")
-    if saved_view:
-        if saved_view not in ds.list_saved_views():
-            raise bf.CurationError(f"dataset {name!r} has no saved view {saved_view!r}; saved views: {ds.list_saved_views()}")
-        view = ds.load_saved_view(saved_view)
-    else:
-        view = ds.view()
-    if tag:
-        view = view.match_tags(tag)
-    if split:
-        view = view.match_tags(split)
-    res = bf.export_labels(view, out, formats=fmt, task=task, corrected=not as_is, auto=auto, overwrite=overwrite)
+    res = export_dataset(name, out, formats=fmt, task=task, saved_view=saved_view, tags=tag, splits=split,
+                         corrected=not as_is, auto=auto, overwrite=overwrite)
     typer.echo(f"exported {res['images']} images ({res['splits']}), {res['objects']} objects -> {res['out']}")
 
 @friendly
