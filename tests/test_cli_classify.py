@@ -103,7 +103,7 @@ def test_classify_empty_folder_is_a_clear_error(tmp_path, cli):
 
 def test_train_classifier_on_a_manifest_only_set(tmp_path, cli):
     """A re-split that is only a manifest.csv (absolute file paths into another set; how
-    bench/deepapl_cv.py writes its patient folds) trains like a folder set; a folder with neither
+    python -m tools.deepapl_cv writes its patient folds) trains like a folder set; a folder with neither
     train/ nor manifest.csv is a one-line error."""
     src = make_cls_set(tmp_path / "src", manifest=True)
     rows = list(csv.DictReader(open(src / "manifest.csv")))

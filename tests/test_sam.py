@@ -63,7 +63,7 @@ def test_box_prompt_segments_real_white_cells(sam, wbc, mode):
         else:
             masks, offs, iou = sam.segment_windows(img, box[None], window_size=128)
         got.append(_iou(_paste(masks[0], offs[0], gt.shape), gt))
-    # bench/sam.py over all 100 images: mean IoU 0.947 (field) / 0.913 (window)
+    # python -m bench.sam over all 100 images: mean IoU 0.947 (field) / 0.913 (window)
     assert np.mean(got) >= 0.88 and np.median(got) >= 0.93, f"{mode}: IoU {np.round(got, 3)} with the true whole-cell masks"
 
 
@@ -91,8 +91,8 @@ def test_bilinear_crop_is_the_window_of_a_full_upsampling():
 
 
 def test_bf16_encoder_gives_the_fp32_masks(wbc):
-    """`auto` encodes in bfloat16 where the CPU has it natively (about 2x faster on AVX512-BF16, bench/sam.py);
-    the masks must stay as good as fp32's (bench/sam.py, 100 images: the same mean IoU with the true masks;
+    """`auto` encodes in bfloat16 where the CPU has it natively (about 2x faster on AVX512-BF16, python -m bench.sam);
+    the masks must stay as good as fp32's (python -m bench.sam, 100 images: the same mean IoU with the true masks;
     here on 5, most masks agree to IoU > 0.99 and a hard cell may move either way)."""
     from bccdet.adapters.sam import SamError, SamModel, encoder_precision
     from bccdet.runtime import native_bf16

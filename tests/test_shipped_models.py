@@ -83,7 +83,7 @@ def test_shipped_detector_finds_small_cells_of_a_low_magnification_field(bccd):
     """Nine BCCD test fields side by side, shrunk into one 640 x 480 image (red cells ~34 px, as a
     lower-magnification objective would give): the detector sees its red cells are too small, upscales the
     image and detects again in tiles. Seen as they are, about half of the red cells and platelets were lost
-    (bench/detector_scale.py)."""
+    (python -m bench.detector_scale)."""
     import xml.etree.ElementTree as ET
 
     import cv2
@@ -275,7 +275,7 @@ def test_shipped_apl_model_orders_real_deepapl_patients(data_root):
 def test_call_level_prior_adaptation_helps_on_another_labs_normal_cells(data_root, tmp_path, cli):
     """`classify --adapt` on wbc-seg (100 normal cells from a lab the classifier never saw, one call): the
     EM re-estimate of the call's class mix types more cells right than the cells taken alone (the default;
-    bench/prior_adaptation.py: 0.63 -> 0.74), keeps each cell's own label in `label_alone`, and only adds
+    docs/experiments.md, "Call-level prior adaptation": 0.63 -> 0.74), keeps each cell's own label in `label_alone`, and only adds
     to the review list."""
     import csv
     import json
@@ -301,7 +301,7 @@ def test_call_level_prior_adaptation_helps_on_another_labs_normal_cells(data_roo
     assert s["prior_adaptation"]["applied"] and s["prior_adaptation"]["labels_changed"] > 0
     assert "prior_adaptation" not in t
     assert s["apl_score"] == t["apl_score"]  # the patient model reads the cells' own probabilities
-    # this lab's cells look unlike the training images, and the call says so (bench/classifier_familiarity.py: 48 %)
+    # this lab's cells look unlike the training images, and the call says so (python -m tools.classifier_familiarity: 48 %)
     assert 30 <= t["unfamiliar"] <= 70 and "unfamiliar_images" in {f["code"] for f in t["flags"]}
     unf = [k for k, x in out["--no-adapt"].items() if x["unfamiliar"] == "1"]
     assert len(unf) == t["unfamiliar"] and all(out["--no-adapt"][k]["review"] == "1" for k in unf)
@@ -344,7 +344,7 @@ def test_evaluate_detector_command_on_bccd_test_fields(bccd, tmp_path, cli):
 def test_red_cell_slivers_at_the_border_are_left_out_of_the_counts(bccd, tmp_path, cli):
     """The shipped detector on BCCD test fields, on the bare image (``border=0``, where slivers abound): the
     edge rule leaves out only red cells at the image border (on TXL-PBC val it cut the red-cell count error
-    from +3.3 to +0.8 per field; bench/detector_edge.py), and the report says how many."""
+    from +3.3 to +0.8 per field; docs/experiments.md, "Red-cell slivers at the image border"), and the report says how many."""
     import json
 
     from bccdet.adapters.yolo import YoloDetector
@@ -382,7 +382,7 @@ def test_red_cell_slivers_at_the_border_are_left_out_of_the_counts(bccd, tmp_pat
 def test_the_grey_border_keeps_red_cell_slivers_out_and_cells_inside_the_image(bccd):
     """With the grey border (``BORDER``, as ultralytics' validator pads), the shipped detector reports fewer
     red cells on BCCD test fields than on the bare image, closer to the labelled number (all 72 fields: 16.8
-    against 18.8 per field, 11.2 labelled; bench/detector_border.py gives the mAP), and every box and mask
+    against 18.8 per field, 11.2 labelled; docs/experiments.md, "A grey border around every image" gives the mAP), and every box and mask
     lies inside the image."""
     from xml.etree import ElementTree as ET
 
@@ -414,7 +414,7 @@ def test_samwbc_detector_has_the_boxes_of_seg640_and_truer_white_cell_masks(bccd
     white-cell outlines (`convert --masks sam-wbc`): on a BCCD field both find the same cells with the same
     boxes and scores, and on wbc-seg (CellaVision images from another lab, true whole-cell masks, never
     trained on) its own white-cell masks are closer to the truth (every 5th image: mean IoU 0.871 -> 0.900;
-    all 100: 0.866 -> 0.898, bench/sam.py)."""
+    all 100: 0.866 -> 0.898, python -m bench.sam)."""
     from bccdet.adapters.sam_tune import wbc_seg_items
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.io import read_image
@@ -445,7 +445,7 @@ def test_default_detector_trained_on_sam_masks_outlines_white_cells_closest_to_t
     kept as box targets (`train detector --box-labels`). On wbc-seg (CellaVision images from another lab, true
     whole-cell masks, never trained on) its own white-cell masks beat both earlier detectors' (every 5th image:
     mean IoU 0.945 against 0.900 for the mask-head re-fit and 0.871 for seg640; all 100: 0.944 / 0.898 / 0.866,
-    bench/sam.py), and no white cell is badly outlined (worst 0.84)."""
+    python -m bench.sam), and no white cell is badly outlined (worst 0.84)."""
     from bccdet.adapters.sam_tune import wbc_seg_items
     from bccdet.adapters.yolo import YoloDetector
     from bccdet.types import SmearMeta

@@ -430,7 +430,7 @@ def complete_field_dirs(out: Path) -> list[Path]:
 
 def output_snapshot(out: Path) -> dict:
     """Every output file's bytes plus the manifest without timings: two runs with equal snapshots
-    produced the same outputs (used by the kill/resume test and bench/batch.py)."""
+    produced the same outputs (used by the kill/resume test and python -m bench.batch)."""
     out = Path(out)
     snap = {}
     for p in sorted(out.rglob("*")):

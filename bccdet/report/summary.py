@@ -23,7 +23,7 @@ REFERENCE_INTERVALS = {
 MIN_WBC_FOR_DIFFERENTIAL = 100  # a manual differential counts 100 leukocytes
 SMUDGE_FLAG_PERCENT = 10.0
 # `unfamiliar_images`: this share of the typed cells lie outside the classifier's training data
-# (bench/classifier_familiarity.py: PBC test 1.5 %, held-out DeepAPL patients <= 30 %, another lab 48 %,
+# (python -m tools.classifier_familiarity: PBC test 1.5 %, held-out DeepAPL patients <= 30 %, another lab 48 %,
 # BCCD phone-camera WBCs 87 %). A call of single cells needs 10 of them; an analyzed image flags its own WBCs.
 UNFAMILIAR_CALL_FRACTION = 0.35
 UNFAMILIAR_MIN_CELLS = 10
@@ -101,7 +101,7 @@ def differential_base(counts: dict[str, int]) -> tuple[int, dict]:
 
 
 # Measured 2026-11-26 (stop 20): the default detector on the first 24 BCCD test fields turned grey found
-# 0.35 of the WBCs and 0.18 of the platelets (1.00 / 0.93 in colour; bench/detector_robustness.py), and
+# 0.35 of the WBCs and 0.18 of the platelets (1.00 / 0.93 in colour; python -m bench.detector_robustness), and
 # the default classifier typed 0.78 of 288 PBC test cells right in grey (0.986 in colour).
 GREY_MESSAGE = ("the image has no colour (a monochrome camera or a grey scan): the models were trained on stained "
                 "colour images; in grey they missed most white cells and platelets of BCCD fields and typed a fifth "

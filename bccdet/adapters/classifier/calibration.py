@@ -69,7 +69,7 @@ def assign_labels(probs: np.ndarray, kinds: Sequence[str] | None = None,
 # ====================================================================== familiarity (is this cell like the training data?)
 # A cell is "unfamiliar" when its penultimate features lie far outside the subspace the training cells
 # span: the residual energy after projecting onto the top-k principal components of the training
-# features, in units of the training cells' mean residual. Chosen in bench/classifier_familiarity.py
+# features, in units of the training cells' mean residual. Chosen in python -m tools.classifier_familiarity
 # (2026-11-25) against PCA-Mahalanobis, their sum and k-NN distance: cells of another lab (wbc-seg) vs
 # PBC test AUROC 0.93, BCCD phone-camera WBC crops 0.99. The threshold is the 95th percentile of the
 # validation cells (PBC + DeepAPL val). A call is flagged (bccdet.report.unfamiliar_flag) when at least 35 % of its

@@ -16,7 +16,7 @@ from .common import REVIEW_THRESHOLD
 # (e.g. no blasts in normal blood, 30-90 % blasts in an AML). Re-estimating that mix by EM and
 # re-weighting each cell's posterior with it (Saerens, Latinne & Decaestecker 2002, Neural Computation
 # 14:21-41) is the standard label-shift correction. Opt-in (`classify --adapt`): measured in
-# bench/prior_adaptation.py, it helps most on a lab unlike the training data and costs rare labels
+# docs/experiments.md, "Call-level prior adaptation", it helps most on a lab unlike the training data and costs rare labels
 # some sensitivity (docs/models.md).
 PRIOR_ALPHA = 0.0  # Dirichlet pseudo-cells pulling the estimate to the reference prior (0: Saerens' ML)
 PRIOR_MIN_CELLS = 20  # smaller calls are left as they are
@@ -26,7 +26,7 @@ PRIOR_MAX_RATIO = 3.0  # no label's weight moves by more than 3x either way (cho
 def reference_prior(ck: dict) -> np.ndarray:
     """The class prior (over LABELS) that :func:`adapt_prior` re-weights from: the checkpoint's
     ``reference_prior`` if it records one, else uniform. Uniform was measured against the training
-    sampler's ``n_c ** balance`` mix for the shipped model (bench/prior_adaptation.py: the sampler's mix
+    sampler's ``n_c ** balance`` mix for the shipped model (docs/experiments.md, "Call-level prior adaptation": the sampler's mix
     did worse on every DeepAPL set and on wbc-seg): the estimate must find a rare label (blast, variant
     lymphocyte) common in the call before it favours it."""
     pr = ck.get("reference_prior")

@@ -155,7 +155,7 @@ def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClass
     """Classifier embeddings of single-cell image files (crops as ``classify`` makes them); an unreadable
     file gets a zero vector. ``checkpoint``: a CellClassifier, a file, or None for the registry default.
     Used by ``curate-cls``: a linear probe on these finds flipped labels far better than on the
-    detector backbone's features (bench/curation_cls.py)."""
+    detector backbone's features (docs/experiments.md, "Which embedding finds flipped labels")."""
     clf = checkpoint if isinstance(checkpoint, CellClassifier) else load_classifier(checkpoint, device)
     out: list[np.ndarray | None] = []
     crops, where = [], []

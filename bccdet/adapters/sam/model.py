@@ -26,7 +26,7 @@ OFFICIAL_SAM = {
 LITEMEDSAM = "litemedsam"
 # our fine-tuned mask decoder for LiteMedSAM (bccdet.adapters.sam_tune)
 DECODER_FORMAT = "bccdet-sam-decoder/1"
-# Box prompts are grown by this fraction of the box side on each side (measured on wbc-seg, bench/sam.py):
+# Box prompts are grown by this fraction of the box side on each side (measured on wbc-seg, python -m bench.sam):
 # from the true box and from boxes jittered by +-10% SAM does better with a slightly loose box.
 PROMPT_GROW = 0.05
 # A window is the box plus this many box sides of context per side (0.25: 1.5x the box). Wider windows

@@ -142,7 +142,7 @@ MAX_RBC_SIDE = 2.0 * TRAINED_RBC_SIDE
 # test fields with 5+ red cells and a WBC): median 1.87, 10-90% 1.27-2.27. Used by auto_scale when an
 # overview shows fewer than 5 red cells; the detector's tolerance (0.35x-2x) covers that spread.
 WBC_PER_RBC_SIDE = 1.87
-# Cells too small for the detector (a low-magnification objective or camera). bench/detector_scale.py puts
+# Cells too small for the detector (a low-magnification objective or camera). python -m bench.detector_scale puts
 # k x k BCCD test fields into one 640 x 480 image (all 72 in turn): seen as they are, recall RBC / WBC /
 # platelets was 0.74 / 0.87 / 0.52 at 3 x 3 (red cells ~34 px) and 0.03 / 0.43 / 0.07 at 4 x 4 (~25 px), against
 # 0.83 / 1.00 / 0.93 for the fields themselves, while 2 x 2 (~51 px) held (0.91 / 1.00 / 0.90). Where the median
