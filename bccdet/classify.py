@@ -34,14 +34,14 @@ def patient_groups(paths: Sequence[Path], mode: str) -> list[tuple[str, list[Pat
     PATH; ``folder`` one per first-level sub-folder of each folder PATH (images directly in it and files
     given directly form their own patient, named after the folder). A folder PATH whose sub-folders are
     all cell classes (``Lymphocyte/``, ``Blast, no lineage spec/``: one patient's export) is one patient.
-    Folders are searched for images once, here (:func:`bccdet.io.expand_inputs`)."""
-    from .io import IMAGE_SUFFIXES, expand_inputs, image_files
+    Folders are searched for images once, here (:func:`bccdet.io.expand_images`)."""
+    from .io import IMAGE_SUFFIXES, expand_images, image_files
     from .vocab import is_class_folder
 
     paths = [Path(p) for p in paths]
     if mode == "call":
         name = paths[0].name if len(paths) == 1 else "call"
-        return [(name or "call", expand_inputs(paths))]
+        return [(name or "call", expand_images(paths)[0])]
     groups: dict[str, list[Path]] = {}
 
     def add(name: str, files: list[Path]) -> None:
@@ -52,7 +52,7 @@ def patient_groups(paths: Sequence[Path], mode: str) -> list[tuple[str, list[Pat
 
     for p in paths:
         if mode == "path" or p.is_file():
-            add(p.name if mode == "path" else p.parent.name, expand_inputs([p]))
+            add(p.name if mode == "path" else p.parent.name, expand_images([p])[0])
             continue
         subdirs = [x for x in p.iterdir() if x.is_dir()]
         if subdirs and all(is_class_folder(x.name) for x in subdirs):

@@ -295,11 +295,6 @@ def expand_images(paths, exclude: str | Path | None = None) -> tuple[list[Path],
     return files, empty
 
 
-def expand_inputs(paths) -> list[Path]:
-    """:func:`expand_images`' files (folders without images add none)."""
-    return expand_images(paths)[0]
-
-
 def _read_umask() -> int:
     m = os.umask(0o022)  # once, at import (single-threaded): os.umask can only be read by setting it
     os.umask(m)

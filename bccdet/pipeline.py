@@ -332,8 +332,12 @@ def load_pipeline(detector: str | None = None, refine: bool = True, classify: bo
         scale = parse_scale(scale)
     except ValueError as e:
         raise InputError(f"scale {e}") from None
-    if not 0 <= edge_sliver < 1:
-        raise InputError(f"edge_sliver {edge_sliver}: expected a share in [0, 1)")
+    from .runtime import check_edge_sliver
+
+    try:
+        check_edge_sliver(edge_sliver)
+    except ValueError as e:
+        raise InputError(f"edge_sliver {e}") from None
     spec, notes = resolve_spec(detector=detector, refine=refine, sam=sam, classify=classify, classifier=classifier,
                                review_threshold=review_threshold, rbc_morphology=rbc_morphology, device=device,
                                detector_options={"scale": scale, "edge_sliver": edge_sliver, **detector_options})

@@ -82,6 +82,14 @@ def native_bf16(device: str = "cpu") -> bool:
         return False
 
 
+def check_edge_sliver(value: float | None) -> float | None:
+    """An edge-sliver share (``--edge-sliver``: in [0, 1), 0 keeps every red cell at the border) or None;
+    else a one-line ``ValueError``."""
+    if value is not None and not 0 <= value < 1:
+        raise ValueError(f"{value}: expected a share in [0, 1) (0 keeps every red cell at the border)")
+    return value
+
+
 def check_review_threshold(value: float | None) -> float | None:
     """A review threshold (a probability in [0, 1]) or None (the classifier's own); else a one-line ``ValueError``."""
     if value is not None and not 0.0 <= value <= 1.0:

@@ -74,9 +74,12 @@ def scale_option(value: Optional[str]):
 
 def edge_option(value: Optional[float]):
     """``--edge-sliver``: a share in [0, 1); a usage error otherwise."""
-    if value is not None and not 0 <= value < 1:
-        raise typer.BadParameter(f"{value}: expected a share in [0, 1) (0 keeps every red cell at the border)")
-    return value
+    from ..runtime import check_edge_sliver
+
+    try:
+        return check_edge_sliver(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def _review_threshold(value: Optional[float]) -> Optional[float]:

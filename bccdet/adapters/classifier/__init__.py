@@ -25,7 +25,7 @@ submodules' own references: patch the submodule that uses it (e.g. ``patient.apl
 from __future__ import annotations
 
 # names the single module imported, kept for code that used them from here
-from ...io import (MIN_SIDE, InputError, expand_inputs, image_files, is_grey, read_image, sha256_file,
+from ...io import (MIN_SIDE, InputError, expand_images, image_files, is_grey, read_image, sha256_file,
                    write_bytes_atomic, write_text_atomic)
 from ...report import abnormal_flag, differential_base, unfamiliar_flag
 from ...types import Cells

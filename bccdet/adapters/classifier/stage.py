@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ...io import MIN_SIDE, InputError, expand_inputs, is_grey, read_image, sha256_file
+from ...io import MIN_SIDE, InputError, expand_images, is_grey, read_image, sha256_file
 from ...types import Cells
 from ...vocab import LABELS
 from .calibration import _softmax, assign_labels, familiarity_path, familiarity_scores, load_familiarity
@@ -188,7 +188,7 @@ def classify_paths(paths: Iterable[str | Path], checkpoint: str | Path | CellCla
     called as files are done (``n`` more each time).
     """
     clf = checkpoint if isinstance(checkpoint, CellClassifier) else CellClassifier(checkpoint, device=device)
-    files = expand_inputs(paths)
+    files = expand_images(paths)[0]
     rows: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
 
