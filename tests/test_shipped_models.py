@@ -79,6 +79,23 @@ def test_shipped_detector_finds_large_cells_of_a_high_resolution_field(bccd):
     assert auto.auto_scale(mosaic) == 1.0
 
 
+def test_a_wide_field_of_small_cells_is_not_shrunk(bccd):
+    """49 BCCD test fields tiled into one 4000 x 3000 view (bench.scaling's 12 MP mosaic: a wide field, cells at
+    their trained size): the one-tile overview shows them too small to tell apart (1 red cell, 13 "platelets"
+    and two false WBCs the size of a whole field); that must not read as huge cells (it shrank the view 0.10x
+    and found 1 red cell of ~800)."""
+    from bccdet.pipeline import load_detector
+    from bench.common import bccd_stems
+    from bench.scaling import make_view
+
+    wide = make_view("mosaic", 12, 0, bccd_stems(bccd, "test", 72), bccd)
+    assert wide.shape[:2] == (3000, 4000)
+    det = load_detector()
+    assert det.auto_scale(wide) == 1.0
+    cells = det(wide)
+    assert cells.meta.scale == 1.0 and cells.counts()["rbc"] > 400, cells.counts()
+
+
 def test_shipped_detector_finds_small_cells_of_a_low_magnification_field(bccd):
     """Nine BCCD test fields side by side, shrunk into one 640 x 480 image (red cells ~34 px, as a
     lower-magnification objective would give): the detector sees its red cells are too small, upscales the

@@ -376,14 +376,21 @@ class YoloDetector:
     def auto_scale(self, image: np.ndarray, min_rbc: int = 5) -> float:
         """The factor that brings this image's red cells to the size the detector learnt, or 1.0 (no resize)
         where they are not over ``MAX_RBC_SIDE`` px. With fewer than ``min_rbc`` red cells in the one-tile
-        overview the white cells' size stands in (``WBC_PER_RBC_SIDE``); with neither, 1.0."""
+        overview the white cells' size stands in (``WBC_PER_RBC_SIDE``), unless the overview shows that many
+        small objects (red cells and platelets) instead; with neither, 1.0."""
         import cv2
 
         h, w = image.shape[:2]
         f0 = self.tile / max(h, w)
         small = cv2.resize(image, (max(1, round(w * f0)), max(1, round(h * f0))), interpolation=cv2.INTER_AREA)
-        side = _rbc_side(self._predict(small, SmearMeta(width=small.shape[1], height=small.shape[0])), min_rbc)
+        seen = self._predict(small, SmearMeta(width=small.shape[1], height=small.shape[0]))
+        side = _rbc_side(seen, min_rbc)
         if side is None:
+            return 1.0
+        if (seen.kind == "rbc").sum() < min_rbc and (seen.kind != "wbc").sum() >= min_rbc:
+            # few red cells but many small objects: the cells are too small to be told apart in the overview
+            # (a wide field, e.g. 36 BCCD fields in one 4000 x 3000 image: 1 red cell, 13 "platelets" and two
+            # false "WBCs" 280-310 px wide, which once shrank it 0.10x and lost every red cell), not too large
             return 1.0
         side /= f0
         return TRAINED_RBC_SIDE / side if side > MAX_RBC_SIDE else 1.0
