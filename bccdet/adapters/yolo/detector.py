@@ -387,11 +387,14 @@ class YoloDetector:
         side = _rbc_side(seen, min_rbc)
         if side is None:
             return 1.0
-        if (seen.kind == "rbc").sum() < min_rbc and (seen.kind != "wbc").sum() >= min_rbc:
-            # few red cells but many small objects: the cells are too small to be told apart in the overview
-            # (a wide field, e.g. 36 BCCD fields in one 4000 x 3000 image: 1 red cell, 13 "platelets" and two
-            # false "WBCs" 280-310 px wide, which once shrank it 0.10x and lost every red cell), not too large
-            return 1.0
+        if (seen.kind == "rbc").sum() < min_rbc:  # the white cells' size would stand in: is it believable?
+            # Not when the overview shows many small objects instead (the cells are too small to be told apart
+            # there: a wide field), nor when a "white cell" spans half the overview (a smear field is not one
+            # cell). bench.scaling's 4000 x 3000 mosaics of 49 BCCD fields showed 1 red cell, 13 "platelets"
+            # and false WBCs 280-480 px wide, which shrank them 0.06-0.10x and lost nearly every cell.
+            wbc = seen.xyxy[seen.kind == "wbc"]
+            if (seen.kind != "wbc").sum() >= min_rbc or _median_side(wbc) > 0.5 * min(small.shape[:2]):
+                return 1.0
         side /= f0
         return TRAINED_RBC_SIDE / side if side > MAX_RBC_SIDE else 1.0
 
