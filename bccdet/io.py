@@ -277,6 +277,11 @@ def image_files(root: str | Path) -> list[Path]:
     return sorted(out)
 
 
+def abspath(p: str | Path) -> Path:
+    """``p`` made absolute (``~`` expanded, ``..`` resolved, symlinks kept)."""
+    return Path(os.path.abspath(os.path.expanduser(str(p))))
+
+
 def expand_images(paths, exclude: str | Path | None = None) -> tuple[list[Path], list[Path]]:
     """The one input expander: files given, and the images inside folders given (:func:`image_files`), in
     the order given; images under ``exclude`` (an output folder of an earlier run) left out. Returns the files

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import EDGE_SLIVER, LITEMEDSAM_NAME, SCALE
-from .io import InputError, is_grey
+from .defaults import EDGE_SLIVER, SCALE
+from .io import InputError, abspath, is_grey
 from .stages import Classifier, Detector, Refiner
 from .types import Cells, SmearMeta
 
@@ -41,12 +41,8 @@ def check_formats(formats) -> tuple[str, ...]:
 
 
 # ============================================================================ spec
-def _abspath(p: str | Path) -> str:
-    return str(Path(p).expanduser().absolute())
-
-
 def _ref(path: str | Path, name: str, sha: str) -> dict:
-    return {"name": name, "sha256": sha, "path": _abspath(path)}
+    return {"name": name, "sha256": sha, "path": str(abspath(path))}
 
 
 def materialize(model: dict) -> str:
@@ -196,21 +192,12 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
 
 
 def _refiner_entry(sam: str | None, device: str, precision: str | None) -> dict:
-    from .adapters.sam import default_refiner, encoder_precision, litemedsam_checkpoint, refiner_name
-    from .io import sha256_file
-    from .weights import resolve
+    from .adapters.sam import encoder_precision, refiner_entry
 
-    prec = precision or encoder_precision("auto", device)
-    if sam is None:
-        return dict(default_refiner(), precision=prec)
-    if sam == LITEMEDSAM_NAME:
-        return {"path": None, "name": refiner_name(LITEMEDSAM_NAME, 128), "sha256": litemedsam_checkpoint()[1],
-                "precision": prec}
-    if Path(sam).is_file():  # a checkpoint file: SamModel names and checks it when built
-        return {"path": _abspath(sam), "name": refiner_name(Path(sam).stem, 128), "sha256": sha256_file(sam),
-                "precision": prec}
-    p, name, sha = resolve(sam, "sam")
-    return {"path": _abspath(p), "name": refiner_name(Path(p).stem, 128), "sha256": sha, "precision": prec}
+    entry = refiner_entry(sam)
+    if entry["path"]:
+        entry["path"] = str(abspath(entry["path"]))
+    return dict(entry, precision=precision or encoder_precision("auto", device))
 
 
 # ============================================================================ pipeline

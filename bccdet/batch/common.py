@@ -4,13 +4,13 @@ small helpers (time stamps, paths, unique names, one-line reasons, JSON)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ..io import InputError
+from ..io import abspath as _abspath  # noqa: F401  (the batch modules import it from here)
 
 
 FORMAT = "bccdet-batch/1"
@@ -41,10 +41,6 @@ Log = Callable[[str], None]
 # ============================================================================ small helpers
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _abspath(p: str | Path) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(str(p))))
 
 
 def _sanitize(name: str) -> str:

@@ -27,7 +27,7 @@ The modules:
 
     model.py     checkpoints (LiteMedSAM, a bccdet fine-tuned decoder, Meta's SAM), encoder_precision, SamModel
     geometry.py  boxes, windows and masks: bilinear_crop, clip_boxes, largest_component, resolve_overlaps, mask_iou
-    refiner.py   RefinePolicy, default_refiner, refiner_name, SamRefiner, box_to_mask_cells
+    refiner.py   RefinePolicy, refiner_entry, default_refiner, refiner_name, SamRefiner, box_to_mask_cells
 
 Every name of the former single module ``sam.py`` (private helpers and the bccdet names it imported
 included) is re-exported here. Patching a name here reaches only code that looks it up through the
@@ -46,11 +46,11 @@ from .geometry import (_box_area, _grow, _inside_box, _object_array, _window, bi
 from .model import (DECODER_FORMAT, LITEMEDSAM, OFFICIAL_SAM, PROMPT_GROW, WINDOW_CONTEXT, SamError, SamModel,
                     _build_litemedsam, _file_digest, _read_decoder_checkpoint, _tinyvit, encoder_precision,
                     litemedsam_checkpoint)
-from .refiner import RefinePolicy, SamRefiner, box_to_mask_cells, default_refiner, refiner_name
+from .refiner import RefinePolicy, SamRefiner, box_to_mask_cells, default_refiner, refiner_entry, refiner_name
 
 __all__ = [
     "DECODER_FORMAT", "LITEMEDSAM", "OFFICIAL_SAM", "PROMPT_GROW", "WINDOW_CONTEXT", "RefinePolicy", "SamError",
-    "SamModel", "SamRefiner", "bilinear_crop", "box_to_mask_cells", "clip_boxes", "default_refiner",
+    "SamModel", "SamRefiner", "bilinear_crop", "box_to_mask_cells", "clip_boxes", "default_refiner", "refiner_entry",
     "encoder_precision", "largest_component", "litemedsam_checkpoint", "mask_iou", "refiner_name",
     "resolve_overlaps",
 ]

@@ -35,20 +35,28 @@ class RefinePolicy:
     min_sam_score: float = 0.5
 
 
-def default_refiner(window_size: int = 128) -> dict:
-    """What ``SamRefiner()`` loads with no checkpoint, without loading it: the registry's default ``sam``
-    model (our fine-tuned decoder) if one is registered, else LiteMedSAM as shipped.
-
-    ``{"path": file or None (LiteMedSAM from its package), "name": as SamRefiner names it, "sha256"}``.
-    A registered file that is missing or altered is an error, not a fallback.
-    """
+def refiner_entry(checkpoint: str | None = None, window_size: int = 128) -> dict:
+    """What ``SamRefiner(checkpoint)`` loads, without loading it: ``{"path": file or None (LiteMedSAM from its
+    package), "name": as SamRefiner names it, "sha256"}``. ``checkpoint``: None (the registry's default ``sam``
+    model, our fine-tuned decoder, if one is registered, else LiteMedSAM as shipped), ``"litemedsam"``, a
+    checkpoint file, or a registered ``sam`` name. A registered file that is missing or altered is an error,
+    not a fallback."""
+    from ...io import sha256_file
     from ...weights import default_name, resolve
 
-    if default_name("sam") is None:
+    if checkpoint == LITEMEDSAM or (checkpoint is None and default_name("sam") is None):
         return {"path": None, "name": refiner_name(LITEMEDSAM, window_size), "sha256": litemedsam_checkpoint()[1]}
-    p, _, sha = resolve(None, "sam")
+    if checkpoint is not None and Path(checkpoint).is_file():
+        p, sha = Path(checkpoint), sha256_file(checkpoint)
+    else:
+        p, _, sha = resolve(checkpoint, "sam")
     # SamModel names a fine-tuned decoder by its file stem
     return {"path": str(p), "name": refiner_name(p.stem, window_size), "sha256": sha}
+
+
+def default_refiner(window_size: int = 128) -> dict:
+    """What ``SamRefiner()`` loads with no checkpoint (:func:`refiner_entry` of None)."""
+    return refiner_entry(None, window_size)
 
 
 def refiner_name(model_name: str, window_size: int) -> str:
