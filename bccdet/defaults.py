@@ -24,5 +24,9 @@ BORDER = 16
 TILE = 640            # tile side for images larger than the detector's input (batch, whole-slide bands)
 TILE_OVERLAP = 192    # overlap between tiles
 
+# inference runtime of the SAM image encoder (bccdet.runtime.RUNTIMES): "auto" is OpenVINO on a CPU where the
+# package is installed (about half of torch's time per window, same masks: docs/sam.md), else torch
+RUNTIME = "auto"
+
 # classifier (adapters.classifier)
 CLASSIFY_BATCH = 32   # crops per forward pass

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import EDGE_SLIVER, SCALE
+from .defaults import EDGE_SLIVER, RUNTIME, SCALE
 from .io import InputError, abspath, is_grey
 from .stages import Classifier, Detector, Refiner
 from .types import Cells, SmearMeta
@@ -71,7 +71,8 @@ class PipelineSpec:
     ``refiner["path"]`` None is LiteMedSAM as its package ships it; ``refiner["precision"]`` pins the
     encoder's precision for every worker alike. ``classifier["review_threshold"]`` overrides the
     classifier's own. ``detector_options`` go to the detector (scale, edge_sliver, tile, overlap, border,
-    conf, ...)."""
+    conf, ...). ``runtime`` (``torch`` or ``openvino``, resolved once so every worker runs the same) runs the
+    SAM image encoder."""
 
     detector: dict
     refiner: dict | None = None
@@ -79,6 +80,7 @@ class PipelineSpec:
     rbc_morphology: dict | None = None
     device: str = "cpu"
     detector_options: dict = field(default_factory=dict)
+    runtime: str = "torch"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,13 +88,14 @@ class PipelineSpec:
     @classmethod
     def from_dict(cls, d: dict) -> PipelineSpec:
         return cls(**{k: d[k] for k in ("detector", "refiner", "classifier", "rbc_morphology", "device",
-                                        "detector_options") if k in d})
+                                        "detector_options", "runtime") if k in d})
 
     def models(self) -> dict:
         """The models as a batch manifest records them (without loading any)."""
         r = self.refiner
         return {"detector": {"name": self.detector["name"], "sha256": self.detector["sha256"]},
-                "refiner": None if r is None else {"name": r["name"], "sha256": r["sha256"], "precision": r["precision"]},
+                "refiner": None if r is None else {"name": r["name"], "sha256": r["sha256"], "precision": r["precision"],
+                                                   "runtime": self.runtime},
                 "classifier": None if self.classifier is None else {"name": self.classifier["name"],
                                                                      "sha256": self.classifier["sha256"]},
                 **({"rbc_morphology": {"name": self.rbc_morphology["name"], "sha256": self.rbc_morphology["sha256"]}}
@@ -113,8 +116,9 @@ class PipelineSpec:
 
         r = self.refiner
         if r.get("path"):
-            return SamRefiner(materialize(r), sha256=r.get("sha256"), device=self.device, precision=r["precision"])
-        return SamRefiner(LITEMEDSAM, device=self.device, precision=r["precision"])
+            return SamRefiner(materialize(r), sha256=r.get("sha256"), device=self.device, precision=r["precision"],
+                              runtime=self.runtime)
+        return SamRefiner(LITEMEDSAM, device=self.device, precision=r["precision"], runtime=self.runtime)
 
     def build_classifier(self):
         if self.classifier is None:
@@ -146,21 +150,23 @@ def _why(e: Exception) -> str:
 def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str | None = None,
                  sam_precision: str | None = None, classify: bool = True, classifier: str | None = None,
                  review_threshold: float | None = None, rbc_morphology: bool = True, device: str = "cpu",
-                 detector_options: dict | None = None) -> tuple[PipelineSpec, list[str]]:
+                 detector_options: dict | None = None, runtime: str = RUNTIME) -> tuple[PipelineSpec, list[str]]:
     """The user's choices -> a :class:`PipelineSpec` plus notes (one line each: a stage left out because its
     default model is not shipped; stages turned off by the caller get none).
 
     A model asked for by name or file must resolve (:class:`bccdet.weights.WeightsError`, one line); a
     default that is not shipped turns its stage off with a note (the detector has no such fallback).
     ``sam``: a registered ``sam`` name, ``"litemedsam"`` (as shipped) or a checkpoint file; None the registry's
-    default. ``sam_precision`` pins SAM's encoder (a resumed batch); None picks for ``device``.
+    default. ``sam_precision`` pins SAM's encoder (a resumed batch); None picks for ``device``. ``runtime``
+    (:data:`bccdet.runtime.RUNTIMES`) is resolved here for ``device``.
     """
-    from .runtime import check_device, check_review_threshold
+    from .runtime import check_device, check_review_threshold, resolve_runtime
     from .weights import WeightsError, resolve
 
     try:
         device = check_device(device)
         review_threshold = check_review_threshold(review_threshold)
+        runtime = resolve_runtime(runtime, device)
     except ValueError as e:
         raise InputError(str(e)) from None
     notes: list[str] = []
@@ -187,7 +193,7 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
         except WeightsError as e:
             notes.append(f"red-cell morphology skipped ({_why(e)})")
     spec = PipelineSpec(detector=det, refiner=ref, classifier=clf, rbc_morphology=morph, device=device,
-                        detector_options=dict(detector_options or {}))
+                        detector_options=dict(detector_options or {}), runtime=runtime)
     return spec, notes
 
 
@@ -309,7 +315,7 @@ class SmearReport:
 def load_pipeline(detector: str | None = None, refine: bool = True, classify: bool = True, device: str = "cpu", *,
                   sam: str | None = None, classifier: str | None = None, review_threshold: float | None = None,
                   rbc_morphology: bool = True, scale: str | float = SCALE, edge_sliver: float = EDGE_SLIVER,
-                  on_note=None, **detector_options) -> Pipeline:
+                  runtime: str = RUNTIME, on_note=None, **detector_options) -> Pipeline:
     """Resolve and load a pipeline (the same one ``bccdet analyze`` runs). A stage left out because its model
     is not shipped is noted in ``pipe.notes`` and passed to ``on_note`` (default: a warning on the ``bccdet``
     logger)."""
@@ -327,7 +333,8 @@ def load_pipeline(detector: str | None = None, refine: bool = True, classify: bo
         raise InputError(f"edge_sliver {e}") from None
     spec, notes = resolve_spec(detector=detector, refine=refine, sam=sam, classify=classify, classifier=classifier,
                                review_threshold=review_threshold, rbc_morphology=rbc_morphology, device=device,
-                               detector_options={"scale": scale, "edge_sliver": edge_sliver, **detector_options})
+                               detector_options={"scale": scale, "edge_sliver": edge_sliver, **detector_options},
+                               runtime=runtime)
     for n in notes:
         (on_note or log.warning)(n)
     pipe = spec.build()

@@ -121,3 +121,27 @@ def autocast(precision: str, device_type: str = "cpu"):
     import torch
 
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+RUNTIMES = ("auto", "torch", "openvino")
+"""Inference runtimes for a model's heavy network (``--runtime``): ``openvino`` compiles it with OpenVINO
+(CPU only, bf16 where the CPU has it natively); ``auto`` is openvino on a CPU where the package is
+installed, else torch."""
+
+
+def resolve_runtime(runtime: str, device: str = "cpu") -> str:
+    """``torch`` or ``openvino`` for ``runtime`` (one of :data:`RUNTIMES`) on ``device``; a one-line
+    ``ValueError`` for an unknown runtime or openvino asked for where it cannot run."""
+    import importlib.util
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    on_cpu = str(device).lower().startswith("cpu")
+    have = importlib.util.find_spec("openvino") is not None
+    if runtime == "auto":
+        return "openvino" if on_cpu and have else "torch"
+    if runtime == "openvino" and not on_cpu:
+        raise ValueError(f"runtime openvino runs on the CPU only, not {device}; use --runtime torch")
+    if runtime == "openvino" and not have:
+        raise ValueError("runtime openvino: the openvino package is not installed (pip install openvino)")
+    return runtime

@@ -159,6 +159,8 @@ def main():
     ap.add_argument("--detector", default=None, help="(c) detector vs refined masks: a detector name or .pt ('default': the registered one)")
     ap.add_argument("--sam", default=None, help="'default': the refiner's registered model; a file; unset: LiteMedSAM as shipped")
     ap.add_argument("--shrink", type=float, default=1.0, help="resize images and masks by this factor first")
+    ap.add_argument("--runtimes", default="torch", help="comma list of encoder runtimes to score in one run "
+                    "(torch, openvino, auto): each mode is run with each, on the same boxes")
     a = ap.parse_args()
     import torch
 
@@ -171,13 +173,16 @@ def main():
     root = dataset("wbc-seg")
     if root is None:
         sys.exit("wbc-seg absent: set BCCDET_DATA or put the data sets in ../shared/datasets")
-    if a.sam == "default":
-        from bccdet.adapters.sam import default_refiner
+    def load(runtime):
+        if a.sam == "default":
+            from bccdet.adapters.sam import default_refiner
 
-        d = default_refiner()
-        model = SamModel(d["path"], sha256=d["sha256"], precision=a.precision)
-    else:
-        model = SamModel(a.sam, precision=a.precision)
+            d = default_refiner()
+            return SamModel(d["path"], sha256=d["sha256"], precision=a.precision, runtime=runtime)
+        return SamModel(a.sam, precision=a.precision, runtime=runtime)
+
+    models = [load(rt) for rt in a.runtimes.split(",")]
+    model = models[0]
     items = wbc_seg_items(root, a.limit)
     if a.shrink != 1.0:
         items = shrink_items(items, a.shrink)
@@ -185,19 +190,23 @@ def main():
     sides = [max(b[2] - b[0], b[3] - b[1]) for _, _, _, b in items]
     print(f"{model.name} on wbc-seg ({len(items)} images, whole-cell masks, shrunk x{a.shrink}: median box side "
           f"{np.median(sides):.0f} px), torch threads {torch.get_num_threads()}, encoder {model.precision}")
-    print(f"{'mode':<10}{'IoU(a)':>8}{'Dice(a)':>9}{'min(a)':>8}{'IoU(b)':>8}{'Dice(b)':>9}{'min(b)':>8}{'ms/img':>9}")
+    print(f"{'mode':<10}{'runtime':>9}{'IoU(a)':>8}{'Dice(a)':>9}{'min(a)':>8}{'IoU(b)':>8}{'Dice(b)':>9}{'min(b)':>8}{'ms/img':>9}")
     for mode in filter(None, a.modes.split(",")):
-        r, ms = run_mode(model, items, mode)
-        print(f"{mode:<10}{r['a'][0]:>8.3f}{r['a'][1]:>9.3f}{r['a'][2]:>8.3f}{r['b'][0]:>8.3f}{r['b'][1]:>9.3f}{r['b'][2]:>8.3f}{ms:>9.0f}")
+        for m in models:
+            r, ms = run_mode(m, items, mode)
+            print(f"{mode:<10}{m.runtime:>9}{r['a'][0]:>8.3f}{r['a'][1]:>9.3f}{r['a'][2]:>8.3f}{r['b'][0]:>8.3f}"
+                  f"{r['b'][1]:>9.3f}{r['b'][2]:>8.3f}{ms:>9.0f}")
     if a.detector:
         name, d, r, n_sam, missed = detector_vs_refined(items, None if a.detector == "default" else a.detector, a.precision)
         print(f"\n(c) detector {name}: WBC found in {len(d)}/{len(items)} images; mean IoU with the true mask: "
               f"detector {d.mean():.3f}, refined {r.mean():.3f} (SAM mask kept for {n_sam}; "
               f"refined < detector - 0.01 in {int(np.sum(r < d - 0.01))} images)")
     if not a.no_timing:
-        print(f"\n{'mode':<8}{'boxes':>6}{'encode ms':>11}{'decode ms/box':>15}{'total ms':>10}   (one 640x480 BCCD field)")
-        for mode, n, enc, dec, tot in timing(model, ""):
-            print(f"{mode:<8}{n:>6}{enc:>11.0f}{dec:>15.1f}{tot:>10.0f}")
+        print(f"\n{'mode':<8}{'runtime':>9}{'boxes':>6}{'encode ms':>11}{'decode ms/box':>15}{'total ms':>10}"
+              "   (one 640x480 BCCD field)")
+        for m in models:
+            for mode, n, enc, dec, tot in timing(m, ""):
+                print(f"{mode:<8}{m.runtime:>9}{n:>6}{enc:>11.0f}{dec:>15.1f}{tot:>10.0f}")
 
 
 if __name__ == "__main__":

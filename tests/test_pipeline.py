@@ -73,7 +73,7 @@ def test_analyze_reads_a_file_and_writes_the_report_folder(tmp_path):
 def test_spec_round_trips_as_plain_data():
     d = {"detector": {"name": "d", "sha256": "a" * 64, "path": "/x/d.pt"}, "refiner": None,
          "classifier": {"name": "c", "sha256": "b" * 64, "path": "/x/c.pt", "review_threshold": 0.7},
-         "rbc_morphology": None, "device": "cpu", "detector_options": {"tile": 640}}
+         "rbc_morphology": None, "device": "cpu", "detector_options": {"tile": 640}, "runtime": "openvino"}
     spec = PipelineSpec.from_dict(d)
     assert spec.to_dict() == d
     assert spec.models() == {"detector": {"name": "d", "sha256": "a" * 64}, "refiner": None,

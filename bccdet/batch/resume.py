@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..defaults import TILE, TILE_OVERLAP
+from ..defaults import RUNTIME, TILE, TILE_OVERLAP
 from ..io import InputError
 from .common import FORMAT, MANIFEST, _load_json
 
@@ -72,7 +72,8 @@ def resolve_options(b, prev: dict | None) -> tuple[dict, list[str]]:
     prev_ref = ((prev or {}).get("models") or {}).get("refiner")
     if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
         prev_ref.setdefault("precision", "fp32")
-        b.sam_precision = prev_ref["precision"]
+        prev_ref.setdefault("runtime", "torch")  # and torch, before the runtime was recorded
+        b.sam_precision, b.runtime = prev_ref["precision"], prev_ref["runtime"]
     # --images / --adapt / --review-threshold are recorded only when not the default: batches made before
     # them resume unchanged
     newer = {**({"images": b.images} if b.images != "auto" else {}), **({"adapt": True} if b.adapt else {}),
@@ -100,7 +101,7 @@ def _models(b) -> tuple[dict, dict, list[str]]:
     spec, notes = resolve_spec(
         detector=b.detector, classify=bool(b.classify), classifier=b.classifier,
         review_threshold=b.review_threshold, refine=bool(b.refine), sam_precision=b.sam_precision,
-        rbc_morphology=bool(b.rbc_morphology), device=b.device,
+        rbc_morphology=bool(b.rbc_morphology), device=b.device, runtime=b.runtime or RUNTIME,
         # a batch started before the grey border (none recorded) keeps running without it
         detector_options={"tile": TILE, "overlap": TILE_OVERLAP, "border": 0, **b.detector_options})
     for n in notes:

@@ -83,8 +83,8 @@ def _tinyvit(img_size: int = 256):
             x = self.patch_embed(x)
             for layer in self.layers:
                 x = layer(x)
-            B, L, C = x.size()
-            g = int(round(L ** 0.5))
+            B, L, C = x.shape
+            g = self.img_size // 4  # the last stage's grid (a static size, so the model exports to ONNX)
             return self.neck(x.view(B, g, g, C).permute(0, 3, 1, 2))
 
     return AnySizeTinyViT(img_size=img_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
@@ -119,19 +119,26 @@ class SamModel:
 
     ``checkpoint``: None / "litemedsam" for the packaged LiteMedSAM, or a ``.pth`` file (a LiteMedSAM
     fine-tune, or Meta's ``vit_b|vit_l|vit_h``: pass ``model_type`` or keep the official file name).
+    ``runtime`` (:data:`bccdet.runtime.RUNTIMES`): ``openvino`` runs LiteMedSAM's image encoder through
+    OpenVINO (:mod:`.openvino`); prompt encoder and mask decoder stay torch. Meta's SAM stays torch.
     """
 
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
-                 sha256: str | None = None, threads: int | None = None, precision: str = "auto"):
+                 sha256: str | None = None, threads: int | None = None, precision: str = "auto",
+                 runtime: str = "torch"):
         import torch
 
-        from ...runtime import tune_malloc
+        from ...runtime import resolve_runtime, tune_malloc
 
         tune_malloc()
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
         self.precision = encoder_precision(precision, str(self.device))
+        try:
+            self.runtime = resolve_runtime(runtime, str(self.device))
+        except ValueError as e:
+            raise SamError(str(e)) from None
         tuned = None
         if checkpoint in (None, "", LITEMEDSAM):
             path, sha = litemedsam_checkpoint()
@@ -166,6 +173,7 @@ class SamModel:
                 if isinstance(st, dict) and "model" in st:
                     st = st["model"]
                 net.load_state_dict(st, strict=True)
+                self.encoder_sha256 = base_sha  # a fine-tuned decoder leaves the encoder as shipped
                 if tuned is not None:  # our fine-tuned mask decoder on top of the packaged encoder
                     net.mask_decoder.load_state_dict({k: v.float() for k, v in tuned["mask_decoder"].items()}, strict=True)
                 self.input_size = 256
@@ -176,6 +184,7 @@ class SamModel:
                 net = sam_model_registry[model_type](checkpoint=str(path))
                 self.input_size = net.image_encoder.img_size
                 self.minmax = False
+                self.runtime = "torch"  # OpenVINO is wired for LiteMedSAM's encoder only
             else:
                 raise SamError(f"unknown SAM model type {model_type!r}; expected {LITEMEDSAM} or one of {sorted(OFFICIAL_SAM)}")
         except (RuntimeError, KeyError, OSError, pickle.UnpicklingError) as e:  # Unpickling: e.g. a YOLO .pt
@@ -184,6 +193,7 @@ class SamModel:
             raise SamError(f"{path}: not a {model_type} checkpoint ({str(e).splitlines()[0][:200]})") from None
         self.net = net.to(self.device).eval()
         self._encoders = {self.input_size: self.net.image_encoder}
+        self._compiled: dict = {}  # size -> OpenVinoEncoder
 
     def encoder(self, size: int):
         """The image encoder for ``size`` px inputs: LiteMedSAM's TinyViT is rebuilt for another input
@@ -247,8 +257,16 @@ class SamModel:
 
         from ...runtime import autocast
 
+        size = x.shape[-1]
+        if self.runtime == "openvino":
+            if size not in self._compiled:
+                from .openvino import OpenVinoEncoder
+
+                self._compiled[size] = OpenVinoEncoder(self.encoder(size), size, self.encoder_sha256, self.precision,
+                                                       torch.get_num_threads())
+            return torch.from_numpy(self._compiled[size](x))
         with torch.inference_mode(), autocast(self.precision, self.device.type):
-            return self.encoder(x.shape[-1])(x).float()
+            return self.encoder(size)(x).float()
 
     # ------------------------------------------------------------------ prompting
     def segment_field(self, image: np.ndarray, boxes: np.ndarray, batch: int = 16, timings: dict | None = None,

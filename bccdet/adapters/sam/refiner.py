@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ...defaults import RUNTIME
 from ...masks import ellipse_masks
 from ...types import Cells
 from .geometry import _box_area, _inside_box, _object_array, largest_component, mask_iou, resolve_overlaps
@@ -77,14 +78,15 @@ class SamRefiner:
     def __init__(self, checkpoint: str | Path | None = None, model_type: str | None = None, device: str = "cpu",
                  kinds: Sequence[str] = ("wbc", "platelet"), window_size: int = 128, context: float = WINDOW_CONTEXT,
                  policy: RefinePolicy = RefinePolicy(), threads: int | None = None, max_windows: int = 16,
-                 sha256: str | None = None, precision: str = "auto", field_max_side: int = 1024):
+                 sha256: str | None = None, precision: str = "auto", field_max_side: int = 1024,
+                 runtime: str = RUNTIME):
         self.max_windows, self.field_max_side = int(max_windows), int(field_max_side)
         if checkpoint is None and model_type is None:  # our registered default (a fine-tuned decoder), if any
             d = default_refiner(window_size)
             checkpoint, sha256 = (d["path"], d["sha256"]) if d["path"] else (LITEMEDSAM, None)
         self.model = SamModel(checkpoint, model_type=model_type, device=device, threads=threads, sha256=sha256,
-                              precision=precision)
-        self.precision = self.model.precision
+                              precision=precision, runtime=runtime)
+        self.precision, self.runtime = self.model.precision, self.model.runtime
         self.name = refiner_name(self.model.name, window_size)
         self.sha256 = self.model.sha256
         self.kinds = tuple(kinds)
