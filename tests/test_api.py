@@ -78,7 +78,18 @@ def test_spec_is_plain_picklable_data_and_records_the_models():
     assert Path(spec.detector["path"]).is_file() and len(spec.detector["sha256"]) == 64
     assert spec.classifier["review_threshold"] == 0.7 and spec.refiner["precision"] in ("fp32", "bf16")
     m = spec.models()
-    assert m["detector"] == {"name": spec.detector["name"], "sha256": spec.detector["sha256"]}
+    assert m["detector"] == {"name": spec.detector["name"], "sha256": spec.detector["sha256"], "runtime": spec.runtime,
+                             "precision": spec.detector["precision"]}
+    assert m["refiner"]["runtime"] == spec.runtime
+    from bccdet.runtime import resolve_precision, resolve_runtime
+
+    # one runtime for detector and SAM, resolved for the device; torch runs the detector in fp32
+    assert spec.runtime == resolve_runtime("auto", "cpu")
+    assert spec.detector["precision"] == (resolve_precision("auto") if spec.runtime == "openvino" else "fp32")
+    pt, _ = resolve_spec(runtime="torch")
+    assert pt.runtime == "torch" and pt.models()["detector"]["precision"] == "fp32"
+    with pytest.raises(InputError, match="unknown runtime"):
+        resolve_spec(runtime="onnx")
     off, _ = resolve_spec(refine=False, classify=False, rbc_morphology=False)
     assert off.refiner is None and off.classifier is None and off.rbc_morphology is None
 

@@ -105,7 +105,8 @@ class Batch:
         self.adapt = adapt
         self.rbc_morphology = rbc_morphology
         self.sam_precision: str | None = None
-        self.runtime: str | None = None  # SAM encoder runtime; a resumed batch keeps its own
+        self.runtime: str | None = None  # detector and SAM encoder runtime; a resumed batch keeps its own
+        self.detector_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
         self.no_classifier = ""

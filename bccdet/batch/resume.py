@@ -69,11 +69,16 @@ def resolve_options(b, prev: dict | None) -> tuple[dict, list[str]]:
         b.review_threshold = was.get("review_threshold")
     if b.rbc_morphology is None:  # on for a new batch; a batch made before the stage resumes without it
         b.rbc_morphology = bool(was.get("rbc_morphology", prev is None))
+    prev_det = ((prev or {}).get("models") or {}).get("detector")
+    if prev_det is not None:  # batches made before the runtime was recorded ran torch, fp32
+        prev_det.setdefault("runtime", "torch")
+        prev_det.setdefault("precision", "fp32")
+        b.runtime, b.detector_precision = prev_det["runtime"], prev_det["precision"]
     prev_ref = ((prev or {}).get("models") or {}).get("refiner")
     if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
         prev_ref.setdefault("precision", "fp32")
-        prev_ref.setdefault("runtime", "torch")  # and torch, before the runtime was recorded
-        b.sam_precision, b.runtime = prev_ref["precision"], prev_ref["runtime"]
+        prev_ref.setdefault("runtime", b.runtime)  # one runtime for both
+        b.sam_precision = prev_ref["precision"]
     # --images / --adapt / --review-threshold are recorded only when not the default: batches made before
     # them resume unchanged
     newer = {**({"images": b.images} if b.images != "auto" else {}), **({"adapt": True} if b.adapt else {}),
@@ -102,6 +107,7 @@ def _models(b) -> tuple[dict, dict, list[str]]:
         detector=b.detector, classify=bool(b.classify), classifier=b.classifier,
         review_threshold=b.review_threshold, refine=bool(b.refine), sam_precision=b.sam_precision,
         rbc_morphology=bool(b.rbc_morphology), device=b.device, runtime=b.runtime or RUNTIME,
+        detector_precision=b.detector_precision,
         # a batch started before the grey border (none recorded) keeps running without it
         detector_options={"tile": TILE, "overlap": TILE_OVERLAP, "border": 0, **b.detector_options})
     for n in notes:

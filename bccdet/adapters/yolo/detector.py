@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...defaults import BORDER, EDGE_SLIVER, SCALE, TILE, TILE_OVERLAP
+from ...defaults import BORDER, EDGE_SLIVER, RUNTIME, SCALE, TILE, TILE_OVERLAP
 from ...types import KINDS, Cells, SmearMeta
 
 
@@ -271,11 +271,18 @@ class YoloDetector:
     def __init__(self, weights: str | Path, name: str = "", sha256: str = "", device: str = "cpu",
                  imgsz: int | None = None, conf: float = 0.25, iou: float = 0.6, max_det: int = 1000,
                  tile: int = TILE, overlap: int = TILE_OVERLAP, scale: str | float = SCALE, edge_sliver: float = EDGE_SLIVER,
-                 border: int = BORDER):
-        from ...runtime import tune_malloc
+                 border: int = BORDER, runtime: str = RUNTIME, precision: str = "fp32"):
+        from ...runtime import resolve_runtime, tune_malloc
 
         tune_malloc()
         self.model = load_yolo(weights)
+        try:
+            self.runtime = resolve_runtime(runtime, device) if Path(weights).suffix == ".pt" else "torch"
+        except ValueError as e:
+            from ...io import InputError
+
+            raise InputError(str(e)) from None
+        self.precision = precision if self.runtime == "openvino" else "fp32"
         self.name = name or Path(weights).stem
         self.sha256 = sha256
         self.tile, self.overlap = tile, overlap
@@ -288,6 +295,16 @@ class YoloDetector:
         bad = [n for n in names.values() if n not in KINDS]
         if bad:
             raise ValueError(f"{weights}: model classes {list(names.values())} are not {list(KINDS)}")
+        if self.runtime == "openvino":  # the same model exported; ultralytics' own pre/post-processing
+            from .openvino import export_dir, pin_backend
+
+            n = torch_threads()
+            d = export_dir(weights, sha256)
+            self.model = load_yolo(d)
+            try:
+                pin_backend(self.model, d, self.kw, self.precision, n)
+            finally:
+                restore_threads(n)
 
     def _predict(self, image: np.ndarray, meta: SmearMeta) -> Cells:
         h, w = image.shape[:2]
