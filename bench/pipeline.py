@@ -1,11 +1,13 @@
 """Benchmark the analyze pipeline on the BCCD test fields (CPU by default).
 
     .venv/bin/python -m bench.pipeline [--n 72] [--detector NAME|FILE] [--device cpu] [--border 16] [--fields bccd|chula]
+                                       [--runtimes auto|torch,openvino]
 
 Each configuration (detect only; + SAM refinement; + classification; + red-cell morphology; all, as
 `analyze` runs by default) runs in its own process so
 that its peak RSS is its own. Prints ms per field per stage, the whole, peak RSS, and the ratio of
-each configuration to detect-only measured in the same run.
+each configuration to detect-only measured in the same run. ``--runtimes torch,openvino`` runs every
+configuration under each runtime (detector and SAM encoder), the ratio to the same runtime's detect-only.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _fields(n: int, source: str = "bccd") -> list[Path]:
 
 
 def run_one(config: str, n: int, detector: str | None, device: str, border: int | None = None,
-            source: str = "bccd") -> dict:
+            source: str = "bccd", runtime: str = "auto") -> dict:
     from bccdet.io import read_image
     from bccdet.pipeline import resolve_spec
 
@@ -43,7 +45,7 @@ def run_one(config: str, n: int, detector: str | None, device: str, border: int 
     kw = {} if border is None else {"border": border}
     # the pipeline as analyze builds it (bccdet.pipeline), with the configuration's stages
     spec, _ = resolve_spec(detector=detector, refine=refine, classify=classify, rbc_morphology=morph, device=device,
-                           detector_options=kw)
+                           detector_options=kw, runtime=runtime)
     pipe = spec.build()
     fields = _fields(n, source)
     pipe.run(read_image(fields[0]), fields[0])  # warm-up
@@ -63,6 +65,7 @@ def run_one(config: str, n: int, detector: str | None, device: str, border: int 
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": _threads(),
         "sam_precision": getattr(pipe.refiner, "precision", None),
+        "runtime": f"{spec.runtime}:{spec.detector['precision']}",
     }
 
 
@@ -80,15 +83,17 @@ def main() -> None:
     ap.add_argument("--configs", default="detect,detect+refine,detect+classify,detect+rbc,full,full+rbc")
     ap.add_argument("--border", type=int, default=None, help="detector grey border, network px (default BORDER)")
     ap.add_argument("--fields", default="bccd", choices=("bccd", "chula"), help="BCCD test fields or Chula RBC-12 fields")
+    ap.add_argument("--runtimes", default="auto", help="comma list: auto, torch, openvino")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one, a.n, a.detector, a.device, a.border, a.fields)))
+        print(json.dumps(run_one(a.one, a.n, a.detector, a.device, a.border, a.fields, a.runtimes)))
         return
 
     results = []
-    for cfg in a.configs.split(","):
-        cmd = [sys.executable, "-m", "bench.pipeline", "--one", cfg, "--n", str(a.n), "--device", a.device, "--fields", a.fields]
+    for rt, cfg in ((rt, cfg) for rt in a.runtimes.split(",") for cfg in a.configs.split(",")):
+        cmd = [sys.executable, "-m", "bench.pipeline", "--one", cfg, "--n", str(a.n), "--device", a.device, "--fields", a.fields,
+               "--runtimes", rt]
         if a.detector:
             cmd += ["--detector", a.detector]
         if a.border is not None:
@@ -110,14 +115,15 @@ def main() -> None:
     rbc = max((r.get("rbc_per_field", 0) for r in results), default=0)
     print(f"fields: {what}, {a.n} x 640x480 ({rbc:.0f} red cells a field), device {a.device}; "
           f"SAM encoder {', '.join(prec) or '-'}")
-    base = next((r["wall_ms_per_field"] for r in results if r["config"] == "detect"), None)
-    head = (f"{'config':<17}{'detect':>9}{'refine':>9}{'classify':>10}{'rbc morph':>10}{'total':>9}{'wall/field':>12}"
+    base = {r["runtime"]: r["wall_ms_per_field"] for r in results if r["config"] == "detect"}
+    head = (f"{'config':<17}{'runtime':>15}{'detect':>9}{'refine':>9}{'classify':>10}{'rbc morph':>10}{'total':>9}{'wall/field':>12}"
             f"{'peak RSS':>10}{'x detect':>10}{'threads':>9}")
     print(head)
     for r in results:
         ms = r["ms"]
-        ratio = f"{r['wall_ms_per_field'] / base:.2f}" if base else "-"
-        print(f"{r['config']:<17}{ms.get('detect', 0):>9.0f}{ms.get('refine', 0):>9.0f}{ms.get('classify', 0):>10.0f}"
+        b = base.get(r["runtime"])
+        ratio = f"{r['wall_ms_per_field'] / b:.2f}" if b else "-"
+        print(f"{r['config']:<17}{r['runtime']:>15}{ms.get('detect', 0):>9.0f}{ms.get('refine', 0):>9.0f}{ms.get('classify', 0):>10.0f}"
               f"{ms.get('rbc_morphology', 0):>10.0f}"
               f"{ms.get('total', 0):>9.0f}{r['wall_ms_per_field']:>12.0f}{r['peak_rss_mb']:>9.0f}M{ratio:>10}{r.get('torch_threads', '-'):>9}")
 

@@ -78,7 +78,8 @@ class Batch:
                  device: str = "cpu", classify: bool | None = None, refine: bool | None = None,
                  formats: tuple[str, ...] | None = None, ray_address: str | None = None, detector_options: dict | None = None,
                  progress: bool | None = None, log: Log | None = None, images: str | None = None,
-                 adapt: bool | None = None, review_threshold: float | None = None, rbc_morphology: bool | None = None):
+                 adapt: bool | None = None, review_threshold: float | None = None, rbc_morphology: bool | None = None,
+                 runtime: str | None = None):
         if images is not None and images not in IMAGE_KINDS:
             raise InputError(f"unknown --images {images!r}; expected auto, fields or cells")
         if backend not in ("local", "ray"):
@@ -105,7 +106,7 @@ class Batch:
         self.adapt = adapt
         self.rbc_morphology = rbc_morphology
         self.sam_precision: str | None = None
-        self.runtime: str | None = None  # detector and SAM encoder runtime; a resumed batch keeps its own
+        self.runtime = runtime  # detector and SAM encoder runtime (None: auto, or a resumed batch's own)
         self.detector_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None

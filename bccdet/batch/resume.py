@@ -73,11 +73,12 @@ def resolve_options(b, prev: dict | None) -> tuple[dict, list[str]]:
     if prev_det is not None:  # batches made before the runtime was recorded ran torch, fp32
         prev_det.setdefault("runtime", "torch")
         prev_det.setdefault("precision", "fp32")
-        b.runtime, b.detector_precision = prev_det["runtime"], prev_det["precision"]
+        if b.runtime in (None, "auto", prev_det["runtime"]):  # another --runtime than the batch's: the models differ
+            b.runtime, b.detector_precision = prev_det["runtime"], prev_det["precision"]
     prev_ref = ((prev or {}).get("models") or {}).get("refiner")
     if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
         prev_ref.setdefault("precision", "fp32")
-        prev_ref.setdefault("runtime", b.runtime)  # one runtime for both
+        prev_ref.setdefault("runtime", prev_det["runtime"] if prev_det else "torch")  # one runtime for both
         b.sam_precision = prev_ref["precision"]
     # --images / --adapt / --review-threshold are recorded only when not the default: batches made before
     # them resume unchanged

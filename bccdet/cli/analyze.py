@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ..defaults import EDGE_SLIVER, SCALE
+from ..defaults import EDGE_SLIVER, RUNTIME, SCALE
 from .common import (CLASSIFIER_HELP, EDGE_HELP, REVIEW_HELP, SCALE_HELP, _err, _review_threshold, device_option,
-                     edge_option, friendly, scale_option)
+                     edge_option, friendly, runtime_option, scale_option)
 
 
 @friendly
@@ -30,6 +30,7 @@ def analyze(
                                                      help=REVIEW_HELP),
     rbc_morphology: bool = typer.Option(True, "--rbc-morphology/--no-rbc-morphology",
                                         help="Type every red cell's morphology and grade the field as ICSH does (docs/rbc.md)."),
+    runtime: str = runtime_option(RUNTIME),
 ):
     """Detect, segment and type every cell of each smear image; write OUT/<image stem>/report.{json,html}, cells.csv, overlay.png."""
     from ..analysis import analyze_images
@@ -44,7 +45,7 @@ def analyze(
         raise typer.Exit(2)
     res = analyze_images(paths, out, formats=fmt, detector=detector, device=device, refine=refine, sam=sam,
                          classify=classify, classifier=classifier, review_threshold=review_threshold,
-                         rbc_morphology=rbc_morphology, scale=scale, edge_sliver=edge_sliver,
+                         rbc_morphology=rbc_morphology, scale=scale, edge_sliver=edge_sliver, runtime=runtime,
                          echo=typer.echo, error=_err)
     if not res["done"] and not res["failed"]:
         raise typer.Exit(2)

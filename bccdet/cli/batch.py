@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from ..defaults import EDGE_SLIVER
-from .common import EDGE_HELP, REVIEW_HELP, SCALE_HELP, _err, _review_threshold, device_option, edge_option, friendly, scale_option
+from .common import EDGE_HELP, REVIEW_HELP, SCALE_HELP, _err, _review_threshold, device_option, edge_option, friendly, runtime_option, scale_option
 
 
 def _detector_options(imgsz, conf, scale, edge_sliver) -> Optional[dict]:
@@ -75,6 +75,7 @@ def batch(
     rbc_morphology: Optional[bool] = typer.Option(
         None, "--rbc-morphology/--no-rbc-morphology",
         help="Type every red cell (ICSH grades per slide, from all its fields); on by default. --resume: the batch's own."),
+    runtime: Optional[str] = runtime_option(None),
 ):
     """Analyse many slides: one folder per slide (fields, or a CellaVision export of single cells), loose images
     and whole-slide scans; write OUT/manifest.json, OUT/<slide>/slide.json, slides.csv, slides.parquet and
@@ -101,7 +102,8 @@ def batch(
     res = run_batch(list(inputs or []), out, resume=resume, workers=workers, backend=backend, detector=detector, classifier=classifier,
                     device=device, classify=classify, refine=refine, formats=tuple(fmt) or None, ray_address=ray_address,
                     detector_options=det_opts, progress=progress, images=images, adapt=adapt,
-                    review_threshold=review_threshold, rbc_morphology=rbc_morphology, log=lambda m: typer.echo(m, err=True))
+                    review_threshold=review_threshold, rbc_morphology=rbc_morphology, runtime=runtime,
+                    log=lambda m: typer.echo(m, err=True))
     typer.echo(
         f"batch: {res['slides']} slide(s) ({res['slides_done']} done, {res['slides_failed']} failed, "
         f"{res['slides_skipped']} skipped), {res['fields']} image(s) ({res['fields_done']} done, "

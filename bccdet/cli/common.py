@@ -63,6 +63,23 @@ def device_option(help: str = "cpu, cuda or cuda:N.") -> str:
     return typer.Option("cpu", "--device", help=help, callback=_device_option)
 
 
+def _runtime_option(value: Optional[str]):
+    if value is None:
+        return value
+    from ..runtime import RUNTIMES
+
+    if value not in RUNTIMES:
+        raise typer.BadParameter(f"unknown runtime {value!r}; expected one of {', '.join(RUNTIMES)}")
+    return value
+
+
+def runtime_option(default: Optional[str]):
+    """``--runtime`` (:data:`bccdet.runtime.RUNTIMES`) for the detector and SAM's image encoder."""
+    return typer.Option(default, "--runtime", callback=_runtime_option,
+                        help="Inference runtime of the detector and SAM's encoder: auto (OpenVINO on a CPU where "
+                             "installed, else torch), torch or openvino.")
+
+
 def scale_option(value: Optional[str]):
     """``--scale``: auto, or a factor in (0, 1] (:func:`bccdet.adapters.yolo.parse_scale`); a usage error otherwise."""
     if value is None:
