@@ -232,6 +232,8 @@ class Pipeline:
             out[key] = None if st is None else {"name": st.name, "sha256": st.sha256}
             if getattr(st, "precision", None):  # numbers as computed: SAM's encoder runs bf16 where native
                 out[key]["precision"] = st.precision
+            if key in ("detector", "refiner") and getattr(st, "runtime", None):  # torch or openvino
+                out[key]["runtime"] = st.runtime
             if key == "classifier" and getattr(st, "threshold", None) is not None:
                 out[key]["review_threshold"] = float(st.threshold)
         return out
