@@ -107,7 +107,8 @@ def _models(b) -> tuple[dict, dict, list[str]]:
     spec, notes = resolve_spec(
         detector=b.detector, classify=bool(b.classify), classifier=b.classifier,
         review_threshold=b.review_threshold, refine=bool(b.refine), sam_precision=b.sam_precision,
-        rbc_morphology=bool(b.rbc_morphology), device=b.device, runtime=b.runtime or "torch",  # batch stays torch until #25 checks OpenVINO on its fields (a WBC went missing)
+        # a new batch runs torch unless --runtime says otherwise: under OpenVINO its test fields lost their WBC
+        rbc_morphology=bool(b.rbc_morphology), device=b.device, runtime=b.runtime or "torch",
         detector_precision=b.detector_precision,
         # a batch started before the grey border (none recorded) keeps running without it
         detector_options={"tile": TILE, "overlap": TILE_OVERLAP, "border": 0, **b.detector_options})
