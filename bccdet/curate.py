@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .adapters.fiftyone.classification import embed_classification, near_duplicate_pairs, probe_probabilities, read_class_predictions
-from .adapters.fiftyone.common import (CLS_TAGS, EMB_FIELD, GT_FIELD, INFO_KEY, PRED_FIELD, SAMPLE_TAG, TAG_DUP, TAG_DUP_CONFLICT,
+from .adapters.fiftyone.common import (CLS_TAGS, EMB_FIELD, EMBED_RUNTIME, GT_FIELD, INFO_KEY, PRED_FIELD, SAMPLE_TAG, TAG_DUP, TAG_DUP_CONFLICT,
                      TAG_MISLABEL, TAG_NEAR_DUP, CurationError, CurationSummary, Rule, Suspect, _fo)
 from .adapters.fiftyone.evaluate import _delete_brain, brain_detection, evaluate
 from .adapters.fiftyone.load import add_predictions_from_reports, build_classification_dataset, build_detection_dataset, read_reports
@@ -32,7 +32,7 @@ def curate_detection(data: Path, name: str, predictions: Path | None = None, det
     t_all = time.perf_counter()
     det = None
     if predictions is None:  # fail before touching the database when there is no detector
-        det = load_detector(detector, device=device, conf=conf)
+        det = load_detector(detector, device=device, conf=conf, runtime=EMBED_RUNTIME)
     else:
         read_reports(predictions)
     t0 = time.perf_counter()
@@ -49,7 +49,7 @@ def curate_detection(data: Path, name: str, predictions: Path | None = None, det
             log(f"note: {len(view) - m} image(s) have no report in {predictions}: no predictions for them")
         if brain:
             try:
-                det = load_detector(detector, device=device, conf=conf)
+                det = load_detector(detector, device=device, conf=conf, runtime=EMBED_RUNTIME)
             except InputError as e:
                 log(f"note: no detector for embeddings ({e}); uniqueness skipped")
             if det is not None:
@@ -102,8 +102,8 @@ def curate_classification(data: Path, name: str, predictions: Path | None = None
     view = ds.match_tags(list(splits)) if splits else ds.view()
     summ.timings["build_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model = embed_classification(view, detector=load_detector(detector, device=device) if detector else None,
-                                 device=device, log=log, load_detector=lambda: load_detector(None, device=device))
+    model = embed_classification(view, detector=load_detector(detector, device=device, runtime=EMBED_RUNTIME) if detector else None,
+                                 device=device, log=log, load_detector=lambda: load_detector(None, device=device, runtime=EMBED_RUNTIME))
     summ.timings["embed_s"] = time.perf_counter() - t0
     summ.notes.append(f"embeddings: {model}")
     t0 = time.perf_counter()

@@ -350,11 +350,13 @@ def load_pipeline(detector: str | None = None, refine: bool = True, classify: bo
     return pipe
 
 
-def load_detector(detector: str | None = None, device: str = "cpu", conf: float = 0.25, **detector_options):
+def load_detector(detector: str | None = None, device: str = "cpu", conf: float = 0.25, runtime: str = RUNTIME,
+                  **detector_options):
     """The detector stage alone (a registered name or a .pt file; None: the default), as the pipeline builds
-    it: for curation, the FiftyOne plugin and data conversion."""
+    it: for curation, the FiftyOne plugin and data conversion. Backbone embeddings need ``runtime="torch"``
+    (:data:`bccdet.adapters.fiftyone.EMBED_RUNTIME`)."""
     spec, _ = resolve_spec(detector=detector, refine=False, classify=False, rbc_morphology=False, device=device,
-                           detector_options={"conf": conf, **detector_options})
+                           detector_options={"conf": conf, **detector_options}, runtime=runtime)
     return spec.build_detector()
 
 

@@ -72,7 +72,7 @@ class RunDetector(_Operator):
 
         view = ctx.target_view()
         det = load_detector(ctx.params.get("detector") or None, device=ctx.params.get("device") or "cpu",
-                            conf=float(ctx.params.get("conf", 0.25)))
+                            conf=float(ctx.params.get("conf", 0.25)), runtime=bf.EMBED_RUNTIME)
         n = bf.predict_detections(view, det, field_name=ctx.params.get("pred_field") or "predictions")
         ctx.trigger("reload_dataset")
         return {"predicted": n, "detector": det.name}

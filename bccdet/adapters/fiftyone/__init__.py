@@ -31,7 +31,7 @@ from ...io import InputError, image_files, image_size
 from ...types import KINDS, Cells, SmearMeta, box_iou, rle_decode
 from .cells import cells_from_report, cells_to_detections, detections_to_cells
 from .classification import embed_classification, near_duplicate_pairs, probe_probabilities, read_class_predictions
-from .common import (AGN_KEY, CLS_TAGS, EMB_FIELD, EVAL_KEY, GT_FIELD, INFO_KEY, LABEL_TAGS, PRED_FIELD,
+from .common import (AGN_KEY, CLS_TAGS, EMB_FIELD, EMBED_RUNTIME, EVAL_KEY, GT_FIELD, INFO_KEY, LABEL_TAGS, PRED_FIELD,
                      SAMPLE_TAG, SPLITS, TAG_ACCEPT, TAG_CLASS, TAG_DUP, TAG_DUP_CONFLICT, TAG_EXCLUDE, TAG_LOC,
                      TAG_MISLABEL, TAG_MISSING, TAG_NEAR_DUP, TAG_REJECT, TAG_SPURIOUS, CurationError,
                      CurationSummary, Rule, Suspect)
@@ -56,7 +56,7 @@ __all__ = [
     # re-exported from bccdet.io / bccdet.types, as the single module had them
     "InputError", "image_files", "image_size", "KINDS", "Cells", "SmearMeta", "box_iou", "rle_decode",
     # common
-    "AGN_KEY", "CLS_TAGS", "EMB_FIELD", "EVAL_KEY", "GT_FIELD", "INFO_KEY", "LABEL_TAGS", "PRED_FIELD",
+    "AGN_KEY", "CLS_TAGS", "EMB_FIELD", "EMBED_RUNTIME", "EVAL_KEY", "GT_FIELD", "INFO_KEY", "LABEL_TAGS", "PRED_FIELD",
     "SAMPLE_TAG", "SPLITS", "TAG_ACCEPT", "TAG_CLASS", "TAG_DUP", "TAG_DUP_CONFLICT", "TAG_EXCLUDE", "TAG_LOC",
     "TAG_MISLABEL", "TAG_MISSING", "TAG_NEAR_DUP", "TAG_REJECT", "TAG_SPURIOUS", "CurationError",
     "CurationSummary", "Rule", "Suspect",

@@ -11,6 +11,7 @@ from ...io import InputError
 GT_FIELD = "ground_truth"
 PRED_FIELD = "predictions"
 EMB_FIELD = "bccdet_embedding"
+EMBED_RUNTIME = "torch"  # backbone embeddings are a forward hook on the detector's torch network
 EVAL_KEY = "eval"  # class-wise evaluation: per-sample eval_tp / eval_fp / eval_fn, per-class report
 AGN_KEY = "eval_agnostic"  # class-agnostic matching used by the tagging rule
 INFO_KEY = "bccdet"

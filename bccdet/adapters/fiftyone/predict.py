@@ -9,7 +9,7 @@ import numpy as np
 
 from ...types import Cells, SmearMeta
 from .cells import cells_to_detections
-from .common import EMB_FIELD, INFO_KEY, PRED_FIELD, _fo
+from .common import EMB_FIELD, EMBED_RUNTIME, INFO_KEY, PRED_FIELD, _fo
 
 
 # ---------------------------------------------------------------------- predictions and embeddings
@@ -21,6 +21,9 @@ class BackboneEmbedder:
     """
 
     def __init__(self, detector):
+        if getattr(detector, "runtime", "torch") != EMBED_RUNTIME:
+            raise ValueError(f"backbone embeddings need the detector on runtime {EMBED_RUNTIME}, "
+                             f"not {detector.runtime}: load it with runtime={EMBED_RUNTIME!r}")
         self.detector = detector
         yolo = detector.model
         if getattr(yolo, "predictor", None) is None:  # the predictor deep-copies (and fuses) the network once
