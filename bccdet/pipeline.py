@@ -97,7 +97,7 @@ class PipelineSpec:
         return {"detector": {"name": d["name"], "sha256": d["sha256"], "runtime": self.runtime,
                              "precision": d.get("precision", "fp32")},
                 "refiner": None if r is None else {"name": r["name"], "sha256": r["sha256"], "precision": r["precision"],
-                                                   "runtime": self.runtime},
+                                                   "runtime": r.get("runtime", self.runtime)},
                 "classifier": None if self.classifier is None else {"name": self.classifier["name"],
                                                                      "sha256": self.classifier["sha256"]},
                 **({"rbc_morphology": {"name": self.rbc_morphology["name"], "sha256": self.rbc_morphology["sha256"]}}
@@ -119,8 +119,8 @@ class PipelineSpec:
         r = self.refiner
         if r.get("path"):
             return SamRefiner(materialize(r), sha256=r.get("sha256"), device=self.device, precision=r["precision"],
-                              runtime=self.runtime)
-        return SamRefiner(LITEMEDSAM, device=self.device, precision=r["precision"], runtime=self.runtime)
+                              runtime=r.get("runtime", self.runtime))
+        return SamRefiner(LITEMEDSAM, device=self.device, precision=r["precision"], runtime=r.get("runtime", self.runtime))
 
     def build_classifier(self):
         if self.classifier is None:
@@ -190,7 +190,7 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
             clf = _ref(cw, cname, csha)
             if review_threshold is not None:
                 clf["review_threshold"] = review_threshold
-    ref = _refiner_entry(sam, device, sam_precision) if refine else None
+    ref = _refiner_entry(sam, device, sam_precision, runtime) if refine else None
     morph = None
     if rbc_morphology:
         try:
@@ -203,13 +203,15 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
     return spec, notes
 
 
-def _refiner_entry(sam: str | None, device: str, precision: str | None) -> dict:
-    from .adapters.sam import encoder_precision, refiner_entry
+def _refiner_entry(sam: str | None, device: str, precision: str | None, runtime: str) -> dict:
+    from .adapters.sam import encoder_precision, refiner_entry, sam_runtime
 
     entry = refiner_entry(sam)
     if entry["path"]:
         entry["path"] = str(abspath(entry["path"]))
-    return dict(entry, precision=precision or encoder_precision("auto", device))
+    # the refiner's own runtime: Meta's SAM stays torch whatever --runtime says
+    return dict(entry, precision=precision or encoder_precision("auto", device),
+                runtime=sam_runtime(entry["path"], runtime))
 
 
 # ============================================================================ pipeline

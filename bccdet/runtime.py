@@ -129,13 +129,20 @@ RUNTIMES = ("auto", "torch", "openvino")
 installed, else torch."""
 
 
+def check_runtime(runtime: str | None) -> str | None:
+    """``runtime`` when it is one of :data:`RUNTIMES` (or None: the caller's default), else a one-line
+    ``ValueError``."""
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
 def resolve_runtime(runtime: str, device: str = "cpu") -> str:
     """``torch`` or ``openvino`` for ``runtime`` (one of :data:`RUNTIMES`) on ``device``; a one-line
     ``ValueError`` for an unknown runtime or openvino asked for where it cannot run."""
     import importlib.util
 
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    check_runtime(runtime)
     on_cpu = str(device).lower().startswith("cpu")
     have = importlib.util.find_spec("openvino") is not None
     if runtime == "auto":

@@ -80,3 +80,16 @@ def test_spec_round_trips_as_plain_data():
                              "refiner": None,
                              "classifier": {"name": "c", "sha256": "b" * 64}}
     assert spec.build_refiner() is None and spec.build_morphology() is None
+
+
+def test_meta_sam_is_recorded_on_torch_under_openvino(tmp_path):
+    """Only LiteMedSAM's encoder has an OpenVINO path: the spec and the manifest say what will run."""
+    from bccdet.pipeline import resolve_spec
+
+    meta = tmp_path / "sam_vit_b_01ec64.pth"
+    meta.write_bytes(b"not loaded here")
+    spec, _ = resolve_spec(sam=str(meta), classify=False, rbc_morphology=False, runtime="openvino")
+    assert spec.runtime == "openvino" and spec.models()["detector"]["runtime"] == "openvino"
+    assert spec.models()["refiner"]["runtime"] == "torch"
+    spec, _ = resolve_spec(sam="litemedsam", classify=False, rbc_morphology=False, runtime="openvino")
+    assert spec.models()["refiner"]["runtime"] == "openvino"

@@ -106,7 +106,7 @@ class Batch:
         self.adapt = adapt
         self.rbc_morphology = rbc_morphology
         self.sam_precision: str | None = None
-        self.runtime = runtime  # detector and SAM encoder runtime (None: torch, or a resumed batch's own)
+        self.runtime = runtime  # detector and SAM encoder runtime (None: defaults.RUNTIME, or a resumed batch's own)
         self.detector_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None

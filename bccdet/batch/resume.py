@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..defaults import TILE, TILE_OVERLAP
+from ..defaults import RUNTIME, TILE, TILE_OVERLAP
 from ..io import InputError
 from .common import FORMAT, MANIFEST, _load_json
 
@@ -107,8 +107,7 @@ def _models(b) -> tuple[dict, dict, list[str]]:
     spec, notes = resolve_spec(
         detector=b.detector, classify=bool(b.classify), classifier=b.classifier,
         review_threshold=b.review_threshold, refine=bool(b.refine), sam_precision=b.sam_precision,
-        # a new batch runs torch unless --runtime says otherwise: under OpenVINO its test fields lost their WBC
-        rbc_morphology=bool(b.rbc_morphology), device=b.device, runtime=b.runtime or "torch",
+        rbc_morphology=bool(b.rbc_morphology), device=b.device, runtime=b.runtime or RUNTIME,
         detector_precision=b.detector_precision,
         # a batch started before the grey border (none recorded) keeps running without it
         detector_options={"tile": TILE, "overlap": TILE_OVERLAP, "border": 0, **b.detector_options})

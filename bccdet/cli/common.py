@@ -64,13 +64,9 @@ def device_option(help: str = "cpu, cuda or cuda:N.") -> str:
 
 
 def _runtime_option(value: Optional[str]):
-    if value is None:
-        return value
-    from ..runtime import RUNTIMES
+    from ..runtime import check_runtime
 
-    if value not in RUNTIMES:
-        raise typer.BadParameter(f"unknown runtime {value!r}; expected one of {', '.join(RUNTIMES)}")
-    return value
+    return _checked(check_runtime, value)
 
 
 def runtime_option(default: Optional[str]):

@@ -45,12 +45,12 @@ from .geometry import (_box_area, _grow, _inside_box, _object_array, _window, bi
                        largest_component, mask_iou, resolve_overlaps)
 from .model import (DECODER_FORMAT, LITEMEDSAM, OFFICIAL_SAM, PROMPT_GROW, WINDOW_CONTEXT, SamError, SamModel,
                     _build_litemedsam, _file_digest, _read_decoder_checkpoint, _tinyvit, encoder_precision,
-                    litemedsam_checkpoint)
+                    litemedsam_checkpoint, sam_runtime)
 from .refiner import RefinePolicy, SamRefiner, box_to_mask_cells, default_refiner, refiner_entry, refiner_name
 
 __all__ = [
     "DECODER_FORMAT", "LITEMEDSAM", "OFFICIAL_SAM", "PROMPT_GROW", "WINDOW_CONTEXT", "RefinePolicy", "SamError",
     "SamModel", "SamRefiner", "bilinear_crop", "box_to_mask_cells", "clip_boxes", "default_refiner", "refiner_entry",
     "encoder_precision", "largest_component", "litemedsam_checkpoint", "mask_iou", "refiner_name",
-    "resolve_overlaps",
+    "resolve_overlaps", "sam_runtime",
 ]

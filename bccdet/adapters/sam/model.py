@@ -34,6 +34,13 @@ PROMPT_GROW = 0.05
 WINDOW_CONTEXT = 0.25
 
 
+def sam_runtime(checkpoint: str | Path | None, runtime: str) -> str:
+    """The runtime ``SamModel(checkpoint, runtime=runtime)`` will run its encoder on, without loading it:
+    Meta's SAM (an official file name) stays torch; LiteMedSAM and our decoders on it run ``runtime``."""
+    official = {v[0] for v in OFFICIAL_SAM.values()}
+    return "torch" if checkpoint and Path(checkpoint).name in official else runtime
+
+
 class SamError(InputError):
     """A SAM checkpoint is missing, unknown or corrupt; the message is one line."""
 

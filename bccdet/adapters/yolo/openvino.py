@@ -49,12 +49,9 @@ def pin_backend(yolo, model_dir: Path, predict_kw: dict, precision: str, threads
     import openvino as ov
 
     yolo.predict(np.full((64, 64, 3), 114, np.uint8), **predict_kw)
-    auto = yolo.predictor.model
-    # the backend itself first: AutoBackend hands unknown attributes on to it, so setting them there would not
-    be = next((b for b in (getattr(auto, "backend", None), auto) if b is not None and hasattr(b, "ov_compiled_model")),
-              None)
-    if be is None or not hasattr(be, "compile_model"):
-        raise RuntimeError("this ultralytics' OpenVINO backend keeps no ov_compiled_model: use runtime torch")
+    be = _backend(yolo)
+    if not hasattr(be, "compile_model"):
+        raise RuntimeError("this ultralytics' OpenVINO backend keeps no compile_model: use runtime torch")
     cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = int(threads)
@@ -63,9 +60,18 @@ def pin_backend(yolo, model_dir: Path, predict_kw: dict, precision: str, threads
     be.ov_compiled_model = be.compile_model(core.read_model(str(next(Path(model_dir).glob("*.xml")))))
 
 
+def _backend(yolo):
+    """The object of ``yolo``'s predictor that holds ``ov_compiled_model``: the backend itself first, as
+    AutoBackend hands unknown attributes on to it (setting them on AutoBackend would not reach it)."""
+    auto = yolo.predictor.model
+    be = next((b for b in (getattr(auto, "backend", None), auto) if b is not None and hasattr(b, "ov_compiled_model")),
+              None)
+    if be is None:
+        raise RuntimeError("this ultralytics' OpenVINO backend keeps no ov_compiled_model: use runtime torch")
+    return be
+
+
 def compiled_precision(yolo) -> str:
     """``fp32`` or ``bf16``: what the loaded OpenVINO detector runs at (for tests and the bench)."""
-    auto = yolo.predictor.model
-    be = getattr(auto, "backend", auto)
-    t = str(be.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT"))
+    t = str(_backend(yolo).ov_compiled_model.get_property("INFERENCE_PRECISION_HINT"))
     return "bf16" if "bf16" in t or "bfloat16" in t else "fp32"
