@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .defaults import CLASSIFY_BATCH
+from .defaults import CLASSIFIER_PRECISION, CLASSIFY_BATCH, RUNTIME
 from .io import InputError
 
 PATIENT_MODES = ("call", "path", "folder")
@@ -112,7 +112,8 @@ def classify_patient(files: Sequence[Path], clf, batch_size: int = CLASSIFY_BATC
 
 
 def classify_cells(paths, classifier: str | None = None, device: str = "cpu", *, batch_size: int = CLASSIFY_BATCH,
-                   precision: str = "fp32", review_threshold: float | None = None, adapt: bool = False) -> dict:
+                   precision: str = CLASSIFIER_PRECISION, review_threshold: float | None = None, adapt: bool = False,
+                   runtime: str = RUNTIME) -> dict:
     """``bccdet.classify_cells(paths)``: single-cell images (files or folders, e.g. a CellaVision export) of
     one patient -> ``{"cells": one row per image (file, label, label_score, review, p_<label>, unfamiliar,
     reason), "summary": the patient summary (differential, flags, apl_score), "model": ...}``, as
@@ -127,16 +128,16 @@ def classify_cells(paths, classifier: str | None = None, device: str = "cpu", *,
     files, _ = expand_images(paths)
     if not files:
         raise InputError(f"no image files in {', '.join(map(str, paths))}")
-    clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold)
+    clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold, runtime=runtime)
     rows, summ = classify_patient(files, clf, batch_size=batch_size, device=device, adapt=adapt)
     return {"cells": rows, "summary": summ,
-            "model": {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision,
+            "model": {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision, "runtime": clf.runtime,
                       "review_threshold": clf.threshold}}
 
 
 def classify_export(paths: Sequence[Path], out: Path, classifier: str | None = None, device: str = "cpu",
-                    batch: int = CLASSIFY_BATCH, patients: str = "call", adapt: bool = False, precision: str = "fp32",
-                    review_threshold: float | None = None, progress: bool = True,
+                    batch: int = CLASSIFY_BATCH, patients: str = "call", adapt: bool = False, precision: str = CLASSIFIER_PRECISION,
+                    review_threshold: float | None = None, progress: bool = True, runtime: str = RUNTIME,
                     echo: Callable[[str], None] = print, error: Callable[[str], None] = _stderr) -> dict:
     """Classify the single-cell images in ``paths`` (files or folders, searched recursively) and write
     OUT/cells.csv, summary.json, report.html (and patients.csv for several patients; see the module docstring).
@@ -165,7 +166,7 @@ def classify_export(paths: Sequence[Path], out: Path, classifier: str | None = N
 
     from .adapters.classifier import load_classifier
 
-    clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold)
+    clf = load_classifier(classifier, device, precision=precision, threshold=review_threshold, runtime=runtime)
     buf = io.StringIO()
     wr = csv.writer(buf)
     wr.writerow(["path", "label", "score", "review", "reason", *(f"p_{k}" for k in LABELS), "label_alone", "patient",
@@ -189,7 +190,8 @@ def classify_export(paths: Sequence[Path], out: Path, classifier: str | None = N
     finally:
         bar.close()
     unreadable = sum(s["unreadable"] for s in summaries.values())
-    model = {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision, "review_threshold": clf.threshold}
+    model = {"name": clf.name, "sha256": clf.sha256, "precision": clf.precision, "runtime": clf.runtime,
+             "review_threshold": clf.threshold}
     written = [out / "cells.csv", out / "summary.json", out / "report.html"]
     if len(groups) == 1:
         doc = dict(next(iter(summaries.values())), model=model)

@@ -24,9 +24,13 @@ BORDER = 16
 TILE = 640            # tile side for images larger than the detector's input (batch, whole-slide bands)
 TILE_OVERLAP = 192    # overlap between tiles
 
-# inference runtime of the SAM image encoder (bccdet.runtime.RUNTIMES): "auto" is OpenVINO on a CPU where the
-# package is installed (about half of torch's time per window, same masks: docs/sam.md), else torch
+# inference runtime of the networks (bccdet.runtime.RUNTIMES): detector, SAM image encoder, WBC classifier.
+# "auto" is OpenVINO on a CPU where the package is installed (same boxes, masks and labels in about half of
+# torch's time: docs/sam.md, python -m bench.detector_runtime / bench.classifier_runtime), else torch
 RUNTIME = "auto"
 
 # classifier (adapters.classifier)
 CLASSIFY_BATCH = 32   # crops per forward pass
+# fp32 on either runtime: OpenVINO bf16 is 1.6x faster per crop but kept 99.91 % of torch's labels on PBC
+# test (accuracy 0.9883 against 0.9891; python -m bench.classifier_runtime); the model card's figures hold
+CLASSIFIER_PRECISION = "fp32"

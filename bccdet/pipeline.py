@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import EDGE_SLIVER, RUNTIME, SCALE
+from .defaults import CLASSIFIER_PRECISION, EDGE_SLIVER, RUNTIME, SCALE
 from .io import InputError, abspath, is_grey
 from .stages import Classifier, Detector, Refiner
 from .types import Cells, SmearMeta
@@ -98,8 +98,9 @@ class PipelineSpec:
                              "precision": d.get("precision", "fp32")},
                 "refiner": None if r is None else {"name": r["name"], "sha256": r["sha256"], "precision": r["precision"],
                                                    "runtime": r.get("runtime", self.runtime)},
-                "classifier": None if self.classifier is None else {"name": self.classifier["name"],
-                                                                     "sha256": self.classifier["sha256"]},
+                "classifier": None if self.classifier is None else {
+                    "name": self.classifier["name"], "sha256": self.classifier["sha256"], "runtime": self.runtime,
+                    "precision": self.classifier.get("precision", "fp32")},
                 **({"rbc_morphology": {"name": self.rbc_morphology["name"], "sha256": self.rbc_morphology["sha256"]}}
                    if self.rbc_morphology else {})}
 
@@ -129,7 +130,8 @@ class PipelineSpec:
 
         c = self.classifier
         return CellClassifier(materialize(c), device=self.device, name=c["name"], sha256=c["sha256"],
-                              threshold=c.get("review_threshold"))
+                              threshold=c.get("review_threshold"), runtime=self.runtime,
+                              precision=c.get("precision", "fp32"))
 
     def build_morphology(self):
         if self.rbc_morphology is None:
@@ -153,7 +155,8 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
                  sam_precision: str | None = None, classify: bool = True, classifier: str | None = None,
                  review_threshold: float | None = None, rbc_morphology: bool = True, device: str = "cpu",
                  detector_options: dict | None = None, runtime: str = RUNTIME,
-                 detector_precision: str | None = None) -> tuple[PipelineSpec, list[str]]:
+                 detector_precision: str | None = None,
+                 classifier_precision: str | None = None) -> tuple[PipelineSpec, list[str]]:
     """The user's choices -> a :class:`PipelineSpec` plus notes (one line each: a stage left out because its
     default model is not shipped; stages turned off by the caller get none).
 
@@ -163,7 +166,8 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
     default. ``sam_precision`` pins SAM's encoder (a resumed batch); None picks for ``device``. ``runtime``
     (:data:`bccdet.runtime.RUNTIMES`) is resolved here for ``device``; under OpenVINO the detector runs at
     ``detector_precision`` (None: bf16 where native, as SAM's encoder; on BCCD test box mAP50 0.909 against
-    torch's 0.908, ``python -m bench.detector_runtime``), under torch at fp32.
+    torch's 0.908, ``python -m bench.detector_runtime``), under torch at fp32; the classifier at
+    ``classifier_precision`` (None: :data:`bccdet.defaults.CLASSIFIER_PRECISION`) on either runtime.
     """
     from .runtime import check_device, check_review_threshold, resolve_precision, resolve_runtime
     from .weights import WeightsError, resolve
@@ -173,6 +177,7 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
         review_threshold = check_review_threshold(review_threshold)
         runtime = resolve_runtime(runtime, device)
         det_precision = resolve_precision(detector_precision or "auto", device) if runtime == "openvino" else "fp32"
+        clf_precision = resolve_precision(classifier_precision or CLASSIFIER_PRECISION, device)
     except ValueError as e:
         raise InputError(str(e)) from None
     notes: list[str] = []
@@ -187,7 +192,7 @@ def resolve_spec(*, detector: str | None = None, refine: bool = True, sam: str |
                 raise
             notes.append(f"WBC classification: detect-only, labels are null ({_why(e)})")
         else:
-            clf = _ref(cw, cname, csha)
+            clf = dict(_ref(cw, cname, csha), precision=clf_precision)
             if review_threshold is not None:
                 clf["review_threshold"] = review_threshold
     ref = _refiner_entry(sam, device, sam_precision, runtime) if refine else None
@@ -234,7 +239,7 @@ class Pipeline:
             out[key] = None if st is None else {"name": st.name, "sha256": st.sha256}
             if getattr(st, "precision", None):  # numbers as computed: SAM's encoder runs bf16 where native
                 out[key]["precision"] = st.precision
-            if key in ("detector", "refiner") and getattr(st, "runtime", None):  # torch or openvino
+            if key in ("detector", "refiner", "classifier") and getattr(st, "runtime", None):  # torch or openvino
                 out[key]["runtime"] = st.runtime
             if key == "classifier" and getattr(st, "threshold", None) is not None:
                 out[key]["review_threshold"] = float(st.threshold)

@@ -78,7 +78,7 @@ def test_spec_round_trips_as_plain_data():
     assert spec.to_dict() == d
     assert spec.models() == {"detector": {"name": "d", "sha256": "a" * 64, "runtime": "openvino", "precision": "fp32"},
                              "refiner": None,
-                             "classifier": {"name": "c", "sha256": "b" * 64}}
+                             "classifier": {"name": "c", "sha256": "b" * 64, "runtime": "openvino", "precision": "fp32"}}
     assert spec.build_refiner() is None and spec.build_morphology() is None
 
 

@@ -234,6 +234,34 @@ def test_shipped_classifier_in_bf16_types_as_in_fp32(data_root):
     np.testing.assert_allclose(fam16, fam, rtol=0.1, atol=0.05)
 
 
+def test_openvino_classifier_types_as_torch_on_cells_of_two_labs(data_root):
+    """``runtime="openvino"`` (analyze's default on a CPU) at the default fp32: torch's labels, probabilities
+    and familiarity on PBC cells and on DeepAPL's (another lab's CellaVision); on all 2298 PBC test crops
+    the labels are identical (python -m bench.classifier_runtime)."""
+    pytest.importorskip("openvino")
+    pbc = _needs("classifier", data_root, "pbc")
+    from bccdet.adapters.classifier import CellClassifier
+    from bccdet.adapters.openvino import compiled_precision
+    from bccdet.io import image_files, read_image
+    from bccdet.vocab import PBC_FOLDERS
+
+    clf = _shipped_classifier()
+    files = [f for folder in PBC_FOLDERS for f in sorted((pbc / folder).iterdir())[-2:]]
+    apl = data_root / "deepapl"
+    if apl.is_dir():
+        files += sorted(image_files(apl))[::500][:12]
+    crops = [clf.crop_single(read_image(f)) for f in files]
+    probs, fam = clf.predict_crops_familiarity(crops)
+    w, name, sha = resolve(None, "classifier")
+    ov = CellClassifier(w, name=name, sha256=sha, runtime="openvino")
+    assert ov.runtime == "openvino" and compiled_precision(ov._ov.compiled) == "fp32"
+    p_ov, fam_ov = ov.predict_crops_familiarity(crops, batch_size=8)
+    assert (p_ov.argmax(1) == probs.argmax(1)).all()
+    np.testing.assert_allclose(p_ov, probs, atol=1e-3)
+    np.testing.assert_allclose(fam_ov, fam, atol=1e-3)
+    assert ov.predict_crops(crops[:1], batch_size=1).shape == (1, probs.shape[1])  # another batch size, same net
+
+
 def test_sample_smear_end_to_end_report(bccd, tmp_path, cli):
     """The README main job on the real sample smear: detector, SAM and classifier all in the report."""
     import json

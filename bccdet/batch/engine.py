@@ -108,6 +108,7 @@ class Batch:
         self.sam_precision: str | None = None
         self.runtime = runtime  # detector and SAM encoder runtime (None: defaults.RUNTIME, or a resumed batch's own)
         self.detector_precision: str | None = None
+        self.classifier_precision: str | None = None
         self._log = log or (lambda m: print(m, file=sys.stderr))
         self.bar = None
         self.no_classifier = ""

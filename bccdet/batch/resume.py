@@ -75,6 +75,11 @@ def resolve_options(b, prev: dict | None) -> tuple[dict, list[str]]:
         prev_det.setdefault("precision", "fp32")
         if b.runtime in (None, "auto", prev_det["runtime"]):  # another --runtime than the batch's: the models differ
             b.runtime, b.detector_precision = prev_det["runtime"], prev_det["precision"]
+    prev_clf = ((prev or {}).get("models") or {}).get("classifier")
+    if prev_clf is not None:  # batches made before the classifier's runtime was recorded ran it torch, fp32
+        prev_clf.setdefault("runtime", prev_det["runtime"] if prev_det else "torch")
+        prev_clf.setdefault("precision", "fp32")
+        b.classifier_precision = prev_clf["precision"]
     prev_ref = ((prev or {}).get("models") or {}).get("refiner")
     if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
         prev_ref.setdefault("precision", "fp32")
@@ -108,7 +113,7 @@ def _models(b) -> tuple[dict, dict, list[str]]:
         detector=b.detector, classify=bool(b.classify), classifier=b.classifier,
         review_threshold=b.review_threshold, refine=bool(b.refine), sam_precision=b.sam_precision,
         rbc_morphology=bool(b.rbc_morphology), device=b.device, runtime=b.runtime or RUNTIME,
-        detector_precision=b.detector_precision,
+        detector_precision=b.detector_precision, classifier_precision=b.classifier_precision,
         # a batch started before the grey border (none recorded) keeps running without it
         detector_options={"tile": TILE, "overlap": TILE_OVERLAP, "border": 0, **b.detector_options})
     for n in notes:

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..defaults import CLASSIFY_BATCH
-from .common import CLASSIFIER_HELP, REVIEW_HELP, _err, _precision, _review_threshold, device_option, friendly
+from ..defaults import CLASSIFIER_PRECISION, CLASSIFY_BATCH, RUNTIME
+from .common import CLASSIFIER_HELP, REVIEW_HELP, _err, _precision, _review_threshold, device_option, friendly, runtime_option
 
 
 @friendly
@@ -26,11 +26,12 @@ def classify(
                                help="Re-estimate each patient's class mix (EM) and relabel the cells with it (patients "
                                     "of 20+ cells). Helps most on cells from a lab unlike the training data; rare labels "
                                     "lose some sensitivity. See docs/models.md."),
-    precision: str = typer.Option("fp32", callback=lambda v: _precision(v),
+    precision: str = typer.Option(CLASSIFIER_PRECISION, callback=lambda v: _precision(v),
                                   help="fp32 (as measured in the model card), bf16 (1.4-1.7x faster where the CPU has "
                                        "bfloat16; PBC test 0.9883 against 0.9891) or auto (bf16 where native)."),
     review_threshold: Optional[float] = typer.Option(None, "--review-threshold", callback=_review_threshold,
                                                      help=REVIEW_HELP),
+    runtime: str = runtime_option(RUNTIME),
 ):
     """Classify single-cell images; writes OUT/cells.csv (path,label,score,review,p_<label>...), OUT/summary.json and
     OUT/report.html (flags, differential, a gallery per label with the cells to review first)."""
@@ -38,6 +39,6 @@ def classify(
 
     res = classify_export(paths, out, classifier=classifier, device=device, batch=batch, patients=patients,
                           adapt=adapt, precision=precision, review_threshold=review_threshold,
-                          echo=typer.echo, error=_err)
+                          runtime=runtime, echo=typer.echo, error=_err)
     if res["unreadable"]:
         raise typer.Exit(1)

@@ -70,10 +70,10 @@ def _runtime_option(value: Optional[str]):
 
 
 def runtime_option(default: Optional[str]):
-    """``--runtime`` (:data:`bccdet.runtime.RUNTIMES`) for the detector and SAM's image encoder."""
+    """``--runtime`` (:data:`bccdet.runtime.RUNTIMES`) for the networks: detector, SAM's encoder, classifier."""
     return typer.Option(default, "--runtime", callback=_runtime_option,
-                        help="Inference runtime of the detector and SAM's encoder: auto (OpenVINO on a CPU where "
-                             "installed, else torch), torch or openvino.")
+                        help="Inference runtime of the networks (detector, SAM's encoder, WBC classifier): auto "
+                             "(OpenVINO on a CPU where installed, else torch), torch or openvino.")
 
 
 def scale_option(value: Optional[str]):

@@ -26,17 +26,21 @@ class CellClassifier:
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", name: str = "", sha256: str = "",
                  threshold: float | None = None, platelets: bool = False, batch_size: int = 32,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", runtime: str = "torch"):
         import torch
 
-        from ...runtime import resolve_precision, tune_malloc
+        from ...runtime import resolve_precision, resolve_runtime, tune_malloc
 
         tune_malloc()
         self.path = Path(checkpoint)
         ck = load_checkpoint(self.path)
         self.ck = ck
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, str(self.device))
+        try:
+            self.precision = resolve_precision(precision, str(self.device))
+            self.runtime = resolve_runtime(runtime, str(self.device))
+        except ValueError as e:
+            raise InputError(str(e)) from None
         self.model = _build(ck).to(self.device, memory_format=torch.channels_last)
         self.labels = list(ck["labels"])
         self.columns = [LABELS.index(lab) for lab in self.labels]
@@ -50,6 +54,11 @@ class CellClassifier:
         self.name = name or self.path.stem
         self.sha256 = sha256 or sha256_file(self.path)
         self.familiarity = load_familiarity(familiarity_path(self.path), self.sha256)
+        self._ov = None
+        if self.runtime == "openvino":  # logits and penultimate features from one compiled network
+            from .openvino import OpenVinoClassifier
+
+            self._ov = OpenVinoClassifier(self.model, self.imgsz, self.sha256, self.precision, torch.get_num_threads())
 
     def crop(self, image: np.ndarray, box: Sequence[float], fill=None) -> np.ndarray:
         return cell_crop(image, box, self.margin, self.imgsz, fill=fill)
@@ -76,6 +85,12 @@ class CellClassifier:
                     chunk = [c if c.shape[:2] == (self.imgsz, self.imgsz) else
                              cell_crop(c, (0, 0, c.shape[1], c.shape[0]), 0.0, self.imgsz) for c in chunk]
                 x = _to_input(np.stack(chunk), self.mean, self.std).to(self.device, memory_format=torch.channels_last)
+                if self._ov is not None:
+                    z, f = self._ov(x)
+                    outs.append(z)
+                    if embed:
+                        feats.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8))
+                    continue
                 if not embed:
                     outs.append(self.model(x).float().cpu().numpy())
                     continue
@@ -141,13 +156,14 @@ class CellClassifier:
 
 
 def load_classifier(classifier: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
-                    threshold: float | None = None) -> CellClassifier:
+                    threshold: float | None = None, runtime: str = "torch") -> CellClassifier:
     """A registered classifier by name, a checkpoint file, or (None) the registry's default; ``threshold``
     overrides the checkpoint's review threshold."""
     from ...weights import resolve
 
     w, name, sha = resolve(None if classifier is None else str(classifier), "classifier")
-    return CellClassifier(w, device=device, name=name, sha256=sha, precision=precision, threshold=threshold)
+    return CellClassifier(w, device=device, name=name, sha256=sha, precision=precision, threshold=threshold,
+                          runtime=runtime)
 
 
 def embed_images(paths: Sequence[str | Path], checkpoint: str | Path | CellClassifier | None = None,

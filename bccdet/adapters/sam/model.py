@@ -259,6 +259,33 @@ class SamModel:
         low = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
         return low[:, 0], iou[:, 0]
 
+    def _decode_paired(self, emb, boxes_in: np.ndarray, size: int):
+        """B window embeddings (B, C, h, w), one box each (B, 4) -> (logits (B, size, size), iou (B,)) in one
+        pass of SAM's mask decoder. Its own ``forward`` repeats every embedding for every prompt (B x B
+        pairs), so this is ``MaskDecoder.predict_masks`` with the pairs kept: the same numbers as one
+        :meth:`_decode` per window (``test_sam``), ~2x cheaper per box (docs/sam.md)."""
+        import torch
+        import torch.nn.functional as F
+
+        pe, dec = self.net.prompt_encoder, self.net.mask_decoder
+        n, (h, w) = len(emb), emb.shape[-2:]
+        k = pe.input_image_size[0] / float(size)
+        b = torch.as_tensor(boxes_in * k, dtype=torch.float32, device=self.device).reshape(-1, 4)
+        sparse = pe._embed_boxes(b)
+        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).unsqueeze(0).expand(n, -1, -1)
+        tokens = torch.cat((out_tokens, sparse), dim=1)
+        src = emb + pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        pos = pe.pe_layer((h, w)).unsqueeze(0).expand(n, -1, -1, -1)
+        hs, src = dec.transformer(src, pos, tokens)
+        c = src.shape[-1]
+        up = dec.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))
+        hyper = dec.output_hypernetworks_mlps[0](hs[:, 1, :])  # multimask_output=False: the first mask token
+        uh, uw = up.shape[-2:]
+        low = (hyper[:, None, :] @ up.reshape(n, up.shape[1], uh * uw)).reshape(n, 1, uh, uw)
+        iou = dec.iou_prediction_head(hs[:, 0, :])[:, 0]
+        low = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+        return low[:, 0], iou
+
     def _encode(self, x):
         import torch
 
@@ -342,9 +369,11 @@ class SamModel:
             emb = self._encode(x)
             t1 = time.perf_counter()
             with torch.inference_mode():
+                local = np.stack([(_grow(box, prompt_grow) - np.array([wx0, wy0, wx0, wy0], np.float32)) * s
+                                  for box, (wx0, wy0, _, _), (s, _, _) in zip(bb, wins, scales)])
+                logits_all, iou_all = self._decode_paired(emb, local, window_size)
                 for j, (box, (wx0, wy0, wx1, wy1), (s, nh, nw)) in enumerate(zip(bb, wins, scales)):
-                    local = (_grow(box, prompt_grow) - np.array([wx0, wy0, wx0, wy0], np.float32)) * s
-                    logits, iou = self._decode(emb[j:j + 1], local[None], window_size)
+                    logits, iou = logits_all[j:j + 1], iou_all[j:j + 1]
                     lg = F.interpolate(logits[None, :, :nh, :nw], size=(wy1 - wy0, wx1 - wx0), mode="bilinear",
                                        align_corners=False)[0, 0]
                     x0, y0, x1, y1 = int_hull(_grow(box, pad), W, H)
