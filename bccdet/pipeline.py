@@ -101,7 +101,8 @@ class PipelineSpec:
                 "classifier": None if self.classifier is None else {
                     "name": self.classifier["name"], "sha256": self.classifier["sha256"], "runtime": self.runtime,
                     "precision": self.classifier.get("precision", "fp32")},
-                **({"rbc_morphology": {"name": self.rbc_morphology["name"], "sha256": self.rbc_morphology["sha256"]}}
+                **({"rbc_morphology": {"name": self.rbc_morphology["name"], "sha256": self.rbc_morphology["sha256"],
+                                       "runtime": self.runtime}}
                    if self.rbc_morphology else {})}
 
     # ---------------------------------------------------------------- stage constructors (the only ones)
@@ -139,7 +140,8 @@ class PipelineSpec:
         from .adapters.morphology import MorphologyStage
 
         m = self.rbc_morphology
-        return MorphologyStage(materialize(m), device=self.device, name=m["name"], sha256=m["sha256"])
+        return MorphologyStage(materialize(m), device=self.device, name=m["name"], sha256=m["sha256"],
+                               runtime=self.runtime)
 
     def build(self) -> Pipeline:
         """Load every stage: the heavy imports (torch, ultralytics, timm) happen here."""
@@ -239,7 +241,7 @@ class Pipeline:
             out[key] = None if st is None else {"name": st.name, "sha256": st.sha256}
             if getattr(st, "precision", None):  # numbers as computed: SAM's encoder runs bf16 where native
                 out[key]["precision"] = st.precision
-            if key in ("detector", "refiner", "classifier") and getattr(st, "runtime", None):  # torch or openvino
+            if getattr(st, "runtime", None):  # torch or openvino
                 out[key]["runtime"] = st.runtime
             if key == "classifier" and getattr(st, "threshold", None) is not None:
                 out[key]["review_threshold"] = float(st.threshold)

@@ -376,7 +376,7 @@ class _FakeClassifier:
     familiarity = None
     prior = None  # adapt_rows: the uniform reference prior
 
-    def __init__(self, checkpoint, device="cpu", name="", sha256="", threshold=None):
+    def __init__(self, checkpoint, device="cpu", name="", sha256="", threshold=None, runtime="torch", precision="fp32"):
         self.name, self.sha256 = name, sha256
         if threshold is not None:
             self.threshold = threshold
@@ -598,7 +598,10 @@ def test_resume_keeps_the_models_a_batch_started_with_when_the_default_changed(b
     man = json.loads((out / "manifest.json").read_text())
     assert man["models"]["detector"]["name"] == default_name("detector") != "bccdet-yolov8n-seg"
     _, old, sha = resolve("bccdet-yolov8n-seg", "detector")
-    man["models"]["detector"] = {"name": old, "sha256": sha}  # as an older bccdet wrote it
+    man["models"]["detector"] = {"name": old, "sha256": sha}  # as an older bccdet wrote it: no runtimes either
+    for m in man["models"].values():
+        if m:
+            m.pop("runtime", None)
     (out / "manifest.json").write_text(json.dumps(man))
     (tmp_path / a[1].name).rename(a[1])
     r = _invoke("--out", out, "--resume", "--no-progress")

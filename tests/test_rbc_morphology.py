@@ -64,6 +64,31 @@ def test_shipped_model_types_red_cells_of_held_out_fields(held_out, stages):
     assert right / total >= ACCURACY_FLOOR, right / total
 
 
+@pytest.mark.slow
+def test_openvino_stage_types_as_torch(held_out, stages):
+    """``runtime="openvino"`` (analyze's default on a CPU): the frozen torch net's types and scores on the red
+    cells of held-out fields (fp32, logits within 1e-5)."""
+    pytest.importorskip("openvino")
+    from bccdet.adapters.morphology import MorphologyStage
+    from bccdet.io import read_image
+    from bccdet.types import SmearMeta
+
+    det, morph = stages
+    mw, mname, msha = resolve(None, "rbc_morphology")
+    ov = MorphologyStage(mw, name=mname, sha256=msha, runtime="openvino")
+    assert ov.runtime == "openvino" and morph.runtime == "torch" and ov.fast is None
+    n = 0
+    for p, _ in held_out[:2]:
+        img = read_image(p)
+        cells = det(img, SmearMeta(path=str(p), width=img.shape[1], height=img.shape[0]))
+        a, b = morph(img, cells), ov(img, cells)
+        rbc = a.kind == "rbc"
+        n += int(rbc.sum())
+        assert list(a.morphology[rbc]) == list(b.morphology[rbc])
+        np.testing.assert_allclose(b.morphology_score[rbc], a.morphology_score[rbc], atol=1e-4)
+    assert n > 100
+
+
 ACCURACY_FLOOR = 0.80  # measured 0.881 (303 of 344 points) on these 8 fields; 0.858 over the whole test split (card)
 
 

@@ -27,13 +27,15 @@ def cache_path(key: str) -> Path:
 
 
 def convert(module, example, dst: Path, dynamic_batch: bool = False) -> None:
-    """Convert ``module`` (traced with the tensor ``example``) and save it atomically: the .bin first, the
-    .xml (what readers look for) last. ``dynamic_batch``: the first input dimension is left free."""
+    """Convert ``module`` (traced with ``example``: a tensor, or a tuple of them for several inputs) and save
+    it atomically: the .bin first, the .xml (what readers look for) last. ``dynamic_batch``: the first
+    dimension of every input is left free."""
     import openvino as ov
     import torch
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    kw = {"input": [(-1, *example.shape[1:])]} if dynamic_batch else {}
+    inputs = example if isinstance(example, tuple) else (example,)
+    kw = {"input": [(-1, *t.shape[1:]) for t in inputs]} if dynamic_batch else {}
     with torch.inference_mode(False), torch.no_grad():
         om = ov.convert_model(module.float().eval(), example_input=example, **kw)
     tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.xml")

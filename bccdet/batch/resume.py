@@ -80,6 +80,9 @@ def resolve_options(b, prev: dict | None) -> tuple[dict, list[str]]:
         prev_clf.setdefault("runtime", prev_det["runtime"] if prev_det else "torch")
         prev_clf.setdefault("precision", "fp32")
         b.classifier_precision = prev_clf["precision"]
+    prev_morph = ((prev or {}).get("models") or {}).get("rbc_morphology")
+    if prev_morph is not None:  # likewise for the red-cell morphology stage (one runtime for every stage)
+        prev_morph.setdefault("runtime", prev_det["runtime"] if prev_det else "torch")
     prev_ref = ((prev or {}).get("models") or {}).get("refiner")
     if prev_ref is not None:  # batches made before the SAM precision was recorded ran fp32
         prev_ref.setdefault("precision", "fp32")
@@ -154,10 +157,14 @@ def _pinned(b, prev: dict, kind: str) -> str | None:
 
 def _diff(prev: dict, models: dict, options: dict) -> str:
     parts = []
-    for k in ("detector", "classifier"):
-        a, b = (prev.get("models") or {}).get(k), models.get(k)
+    def what(m):
+        return None if not m else f"{m.get('name')}" + (f" on {m['runtime']}" if m.get("runtime") else "")
+
+    pm = prev.get("models") or {}
+    for k in sorted(set(pm) | set(models)):
+        a, b = pm.get(k), models.get(k)
         if a != b:
-            parts.append(f"{k}: {(a or {}).get('name')} -> {(b or {}).get('name')}")
+            parts.append(f"{k}: {what(a)} -> {what(b)}")
     if prev.get("options") != options:
         parts.append(f"options: {prev.get('options')} -> {options}")
     return "; ".join(parts) or "?"
