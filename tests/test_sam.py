@@ -76,6 +76,28 @@ def test_one_encoder_pass_decodes_many_boxes(sam, wbc):
     np.testing.assert_array_equal(masks[0], masks[3])  # same box -> same mask
 
 
+def test_windows_decoded_in_one_pass_as_one_at_a_time(sam, wbc):
+    """segment_windows decodes its windows together (_decode_paired): the logits of one _decode per window."""
+    import torch
+
+    from bccdet.adapters.sam.geometry import _grow, _window
+
+    crops, local = [], []
+    for img, _, box in wbc[:3]:
+        x0, y0, x1, y1 = _window(box, 0.25, img.shape[1], img.shape[0])
+        crops.append(img[y0:y1, x0:x1])
+        local.append(_grow(box, 0.05) - np.array([x0, y0, x0, y0], np.float32))
+    x, scales = sam._prep(crops, 128)
+    local = np.stack([b * s for b, (s, _, _) in zip(local, scales)])
+    emb = sam._encode(x)
+    with torch.inference_mode():
+        lg, iou = sam._decode_paired(emb, local, 128)
+        for j in range(len(crops)):
+            ref, ref_iou = sam._decode(emb[j:j + 1], local[j][None], 128)
+            np.testing.assert_allclose(lg[j].numpy(), ref[0].numpy(), atol=1e-3)
+            assert abs(float(iou[j]) - float(ref_iou[0])) < 1e-4
+
+
 def test_bilinear_crop_is_the_window_of_a_full_upsampling():
     import torch
     import torch.nn.functional as F
