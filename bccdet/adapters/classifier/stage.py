@@ -84,13 +84,15 @@ class CellClassifier:
                 if any(c.shape[:2] != (self.imgsz, self.imgsz) for c in chunk):
                     chunk = [c if c.shape[:2] == (self.imgsz, self.imgsz) else
                              cell_crop(c, (0, 0, c.shape[1], c.shape[0]), 0.0, self.imgsz) for c in chunk]
-                x = _to_input(np.stack(chunk), self.mean, self.std).to(self.device, memory_format=torch.channels_last)
-                if self._ov is not None:
-                    z, f = self._ov(x)
+                if self._ov is not None:  # numpy in and out: no torch op between OpenVINO's calls
+                    x = (np.stack(chunk).astype(np.float32) * np.float32(1 / 255.0) - np.asarray(self.mean, np.float32)) \
+                        / np.asarray(self.std, np.float32)
+                    z, f = self._ov(x.transpose(0, 3, 1, 2))
                     outs.append(z)
                     if embed:
                         feats.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8))
                     continue
+                x = _to_input(np.stack(chunk), self.mean, self.std).to(self.device, memory_format=torch.channels_last)
                 if not embed:
                     outs.append(self.model(x).float().cpu().numpy())
                     continue
