@@ -273,8 +273,8 @@ def test_openvino_encoder_gives_the_torch_masks(wbc, tmp_path, monkeypatch):
     On 100 wbc-seg images the mean IoU with the true masks is the same (python -m bench.sam --runtimes
     torch,openvino, docs/sam.md). Here on 5: in fp32 each OpenVINO mask is torch's (IoU >= 0.99); in bf16
     most agree with fp32 to IoU > 0.99 and the mean against the truth is not lower (a hard cell, 080.png,
-    moves with any bf16 rounding: fp32 0.68, torch bf16 0.83, OpenVINO bf16 0.77). The converted encoder
-    is cached and reused."""
+    moves with any bf16 rounding: fp32 0.68, torch bf16 0.83, OpenVINO bf16 0.77). The window decoder runs
+    OpenVINO fp32 too. The converted encoder and decoder are cached and reused."""
     pytest.importorskip("openvino")
     from bccdet.adapters.sam import SamError, SamModel
     from bccdet.runtime import native_bf16, resolve_runtime
@@ -302,7 +302,9 @@ def test_openvino_encoder_gives_the_torch_masks(wbc, tmp_path, monkeypatch):
         else:
             assert np.median(agree) >= 0.99 and np.mean(q_ov) >= np.mean(q_ref) - 0.01, (agree, q_ref, q_ov)
     cached = sorted(p.name for p in (tmp_path / "openvino").iterdir())
-    assert len(cached) == 2 and "-128px-ov" in cached[0], cached
+    # the encoder and the window decoder, .xml + .bin each
+    assert len(cached) == 4 and all("-128px-ov" in c for c in cached), cached
+    assert {c.split("-")[1] for c in cached} == {"encoder", "decoder"}, cached
     again = SamModel(runtime="openvino")
     again.segment_windows(wbc[0][0], wbc[0][2][None])
     assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == cached

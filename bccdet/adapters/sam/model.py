@@ -110,6 +110,39 @@ def _build_litemedsam():
     return Sam(image_encoder=enc, prompt_encoder=pe, mask_decoder=dec)
 
 
+def _paired_decoder(net, size: int):
+    """SAM's mask decoder for B window embeddings with one box each: ``(emb (B, C, h, w), boxes (B, 4) in
+    ``size`` px input coordinates) -> (logits (B, size, size), iou (B,))``, the first mask token
+    (``multimask_output=False``). Its own ``forward`` repeats every embedding for every prompt (B x B pairs),
+    so this is ``MaskDecoder.predict_masks`` with the pairs kept (docs/sam.md)."""
+    import torch
+    import torch.nn.functional as F
+
+    class PairedDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pe, self.dec = net.prompt_encoder, net.mask_decoder
+
+        def forward(self, emb, boxes):
+            pe, dec = self.pe, self.dec
+            n, (h, w) = emb.shape[0], emb.shape[-2:]
+            # the prompt encoder normalises coordinates by its own input size: rescale from ours
+            sparse = pe._embed_boxes(boxes * (pe.input_image_size[0] / float(size)))
+            out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).unsqueeze(0).expand(n, -1, -1)
+            tokens = torch.cat((out_tokens, sparse), dim=1)
+            src = emb + pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            pos = pe.pe_layer((h, w)).unsqueeze(0).expand(n, -1, -1, -1)
+            hs, src = dec.transformer(src, pos, tokens)
+            up = dec.output_upscaling(src.transpose(1, 2).reshape(n, src.shape[-1], h, w))
+            hyper = dec.output_hypernetworks_mlps[0](hs[:, 1, :])
+            uh, uw = up.shape[-2:]
+            low = (hyper[:, None, :] @ up.reshape(n, up.shape[1], uh * uw)).reshape(n, 1, uh, uw)
+            low = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+            return low[:, 0], dec.iou_prediction_head(hs[:, 0, :])[:, 0]
+
+    return PairedDecoder().eval()
+
+
 def encoder_precision(precision: str, device: str = "cpu") -> str:
     """``fp32`` or ``bf16`` for the image encoder (:func:`bccdet.runtime.resolve_precision`: ``auto`` is bf16
     where it is native). The prompt encoder and mask decoder stay fp32."""
@@ -201,6 +234,7 @@ class SamModel:
         self.net = net.to(self.device).eval()
         self._encoders = {self.input_size: self.net.image_encoder}
         self._compiled: dict = {}  # size -> OpenVinoEncoder
+        self._paired: dict = {}  # size -> the window decoder (torch module or OpenVinoDecoder)
 
     def encoder(self, size: int):
         """The image encoder for ``size`` px inputs: LiteMedSAM's TinyViT is rebuilt for another input
@@ -261,30 +295,22 @@ class SamModel:
 
     def _decode_paired(self, emb, boxes_in: np.ndarray, size: int):
         """B window embeddings (B, C, h, w), one box each (B, 4) -> (logits (B, size, size), iou (B,)) in one
-        pass of SAM's mask decoder. Its own ``forward`` repeats every embedding for every prompt (B x B
-        pairs), so this is ``MaskDecoder.predict_masks`` with the pairs kept: the same numbers as one
-        :meth:`_decode` per window (``test_sam``), ~2x cheaper per box (docs/sam.md)."""
+        pass of SAM's mask decoder (:func:`_paired_decoder`): the same numbers as one :meth:`_decode` per
+        window (``test_sam``). Under OpenVINO it runs compiled at fp32 (:mod:`.openvino`)."""
         import torch
-        import torch.nn.functional as F
 
-        pe, dec = self.net.prompt_encoder, self.net.mask_decoder
-        n, (h, w) = len(emb), emb.shape[-2:]
-        k = pe.input_image_size[0] / float(size)
-        b = torch.as_tensor(boxes_in * k, dtype=torch.float32, device=self.device).reshape(-1, 4)
-        sparse = pe._embed_boxes(b)
-        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).unsqueeze(0).expand(n, -1, -1)
-        tokens = torch.cat((out_tokens, sparse), dim=1)
-        src = emb + pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        pos = pe.pe_layer((h, w)).unsqueeze(0).expand(n, -1, -1, -1)
-        hs, src = dec.transformer(src, pos, tokens)
-        c = src.shape[-1]
-        up = dec.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))
-        hyper = dec.output_hypernetworks_mlps[0](hs[:, 1, :])  # multimask_output=False: the first mask token
-        uh, uw = up.shape[-2:]
-        low = (hyper[:, None, :] @ up.reshape(n, up.shape[1], uh * uw)).reshape(n, 1, uh, uw)
-        iou = dec.iou_prediction_head(hs[:, 0, :])[:, 0]
-        low = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-        return low[:, 0], iou
+        if size not in self._paired:
+            dec = _paired_decoder(self.net, size)
+            if self.runtime == "openvino" and self.model_type == LITEMEDSAM:
+                from .openvino import OpenVinoDecoder
+
+                dec = OpenVinoDecoder(dec, size, self.sha256, torch.get_num_threads())
+            self._paired[size] = dec
+        dec = self._paired[size]
+        if not isinstance(dec, torch.nn.Module):
+            low, iou = dec(emb, boxes_in)
+            return torch.from_numpy(low), torch.from_numpy(iou)
+        return dec(emb, torch.as_tensor(boxes_in, dtype=torch.float32, device=self.device).reshape(-1, 4))
 
     def _encode(self, x):
         import torch
