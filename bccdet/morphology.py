@@ -28,6 +28,10 @@ FEATURES: tuple[str, ...] = ("log_rel_area", "log_elongation", "solidity", "circ
 """Shape features of a red cell, in the order :func:`rbc_crops` returns them (docs/rbc.md)."""
 CROP_FIELD_DIAMETERS = 1.5  # the crop window: this many median red-cell diameters of the field on a side
 CROP_PX = 48  # ... resized to this many pixels (32 px a median red-cell diameter)
+# features are measured on the cell's window shrunk to at most this many px a side (Chula's training
+# windows are ~75 px, BCCD's and TXL-PBC's 120-142 px, all left as they are): a 12 MP camera's windows of
+# 500+ px cost 10x more and tell the shape no better (tests/test_rbc_features.py)
+FEATURE_MAX_SIDE = 192
 NORMAL_RBC_DIAMETER_UM = 7.5  # adult normal red cell, microns (used only when the image's mpp is known)
 
 
@@ -176,12 +180,17 @@ def rbc_crops(image: np.ndarray, cells: Cells, idx: Sequence[int] | None = None,
         win = _window(img, x0, y0, side)  # only the window is copied, never the whole image
         m = _full_cell_mask(cells, i, x0, y0, side, side)
         crops[j, :, :, :3] = cv2.resize(win, (size, size), interpolation=cv2.INTER_AREA)
-        crops[j, :, :, 3] = cv2.resize(m.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_AREA)
+        m8 = m.astype(np.uint8) * 255
+        crops[j, :, :, 3] = cv2.resize(m8, (size, size), interpolation=cv2.INTER_AREA)
+        if side > FEATURE_MAX_SIDE:  # measured on the window shrunk (areas in its px: the unit likewise)
+            win = cv2.resize(win, (FEATURE_MAX_SIDE, FEATURE_MAX_SIDE), interpolation=cv2.INTER_AREA)
+            m = cv2.resize(m8, (FEATURE_MAX_SIDE, FEATURE_MAX_SIDE), interpolation=cv2.INTER_AREA) >= 128
         rows.append((_grey(win), m))
+    k2 = (FEATURE_MAX_SIDE / side) ** 2 if side > FEATURE_MAX_SIDE else 1.0
     darks = [bg - float(gw[m].mean()) if m.any() else 1.0 for gw, m in rows]
     unit_density = float(np.median(darks)) if darks else 1.0
     for j, (gw, m) in enumerate(rows):
-        feats[j] = _one_cell(gw, m, bg, unit, unit_density)
+        feats[j] = _one_cell(gw, m, bg, unit * k2, unit_density)
     return crops, feats, idx
 
 

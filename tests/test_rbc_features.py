@@ -54,6 +54,26 @@ def test_features_measure_size_against_the_field_elongation_and_central_pallor()
     assert crops[0, 24, 24, 3] == 255 and crops[0, 0, 0, 3] == 0  # centred on its cell
 
 
+def test_features_of_a_high_resolution_field_are_measured_on_the_window_shrunk(monkeypatch):
+    """A 12 MP camera's red cells (windows over FEATURE_MAX_SIDE px) are measured on the window shrunk: the
+    features of the full-resolution window within a little (the field at 1/6 of the size differs more)."""
+    import bccdet.morphology as M
+
+    spec = [(40, 40, 15, 15, 0.4), (100, 40, 15, 15, 0.4), (160, 40, 15, 15, 0.4), (60, 120, 22, 22, 0.4),
+            (220, 120, 21, 10, 0.0)]
+    k = 6
+    big, cells = _field([(x * k, y * k, a * k, b * k, p) for x, y, a, b, p in spec], h=240 * k, w=320 * k)
+    assert 1.5 * 2 * 15 * k > M.FEATURE_MAX_SIDE  # the windows of this field are shrunk
+    crops, shrunk, _ = rbc_crops(big, cells)
+    monkeypatch.setattr(M, "FEATURE_MAX_SIDE", 10 ** 6)
+    crops_full, full, _ = rbc_crops(big, cells)
+    np.testing.assert_array_equal(crops, crops_full)  # the network's crops do not change
+    for name, tol in (("log_rel_area", 0.01), ("log_elongation", 0.01), ("solidity", 0.01), ("circularity", 0.03),
+                      ("pallor", 0.04), ("log_rel_density", 0.01)):
+        i = FEATURES.index(name)
+        np.testing.assert_allclose(shrunk[:, i], full[:, i], atol=tol, err_msg=name)
+
+
 def test_size_is_judged_against_microns_when_the_scale_is_known():
     img, cells = _field([(40, 40, 15, 15, 0.4), (100, 40, 15, 15, 0.4), (160, 40, 15, 15, 0.4)])
     # 31 px across at 0.5 um/px = 15.5 um: twice a normal 7.5 um red cell across, ~4x its area
