@@ -179,12 +179,13 @@ def rbc_crops(image: np.ndarray, cells: Cells, idx: Sequence[int] | None = None,
         y0 = int(round((y1 + y2) / 2.0 - side / 2.0))
         win = _window(img, x0, y0, side)  # only the window is copied, never the whole image
         m = _full_cell_mask(cells, i, x0, y0, side, side)
-        crops[j, :, :, :3] = cv2.resize(win, (size, size), interpolation=cv2.INTER_AREA)
         m8 = m.astype(np.uint8) * 255
-        crops[j, :, :, 3] = cv2.resize(m8, (size, size), interpolation=cv2.INTER_AREA)
-        if side > FEATURE_MAX_SIDE:  # measured on the window shrunk (areas in its px: the unit likewise)
+        if side > FEATURE_MAX_SIDE:  # shrunk once: features in its px (the unit likewise), the crop from it
             win = cv2.resize(win, (FEATURE_MAX_SIDE, FEATURE_MAX_SIDE), interpolation=cv2.INTER_AREA)
-            m = cv2.resize(m8, (FEATURE_MAX_SIDE, FEATURE_MAX_SIDE), interpolation=cv2.INTER_AREA) >= 128
+            m8 = cv2.resize(m8, (FEATURE_MAX_SIDE, FEATURE_MAX_SIDE), interpolation=cv2.INTER_AREA)
+            m = m8 >= 128
+        crops[j, :, :, :3] = cv2.resize(win, (size, size), interpolation=cv2.INTER_AREA)
+        crops[j, :, :, 3] = cv2.resize(m8, (size, size), interpolation=cv2.INTER_AREA)
         rows.append((_grey(win), m))
     k2 = (FEATURE_MAX_SIDE / side) ** 2 if side > FEATURE_MAX_SIDE else 1.0
     darks = [bg - float(gw[m].mean()) if m.any() else 1.0 for gw, m in rows]

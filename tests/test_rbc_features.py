@@ -67,7 +67,8 @@ def test_features_of_a_high_resolution_field_are_measured_on_the_window_shrunk(m
     crops, shrunk, _ = rbc_crops(big, cells)
     monkeypatch.setattr(M, "FEATURE_MAX_SIDE", 10 ** 6)
     crops_full, full, _ = rbc_crops(big, cells)
-    np.testing.assert_array_equal(crops, crops_full)  # the network's crops do not change
+    # the network's crops: cut from the shrunk window, within a grey level or two of the direct resize
+    assert np.abs(crops.astype(int) - crops_full).max() <= 3
     for name, tol in (("log_rel_area", 0.01), ("log_elongation", 0.01), ("solidity", 0.01), ("circularity", 0.03),
                       ("pallor", 0.04), ("log_rel_density", 0.01)):
         i = FEATURES.index(name)
