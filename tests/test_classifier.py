@@ -147,6 +147,37 @@ def test_augment_is_deterministic_and_in_range():
     assert float(a.min()) >= 0 and float(a.max()) <= 1
 
 
+def test_lab_restain_sets_each_crops_colour_statistics_inside_the_recipe_ranges():
+    """CIELAB as OpenCV computes it, an exact round trip, and with ``lab_p`` 1 every crop's mean L, a, b
+    lands in the recipe's ranges (before the later jitters: hue, brightness), whatever the input's colour."""
+    import cv2
+
+    from bccdet.adapters.classifier.data import _lab_restain, lab_to_rgb, rgb_to_lab
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    img[0] = (30, 200, 40)  # a flat green crop, far from any smear
+    x = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255
+    lab = rgb_to_lab(x)
+    ref = cv2.cvtColor(img[1].astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+    assert np.abs(lab[1].permute(1, 2, 0).numpy() - ref).max() < 0.5
+    assert float((lab_to_rgb(lab) - x).abs().max()) < 1e-4
+    rec = C.DEFAULT_RECIPE["aug"]
+    yy, xx = np.mgrid[:24, :24]
+    smear = np.empty((24, 24, 3), np.uint8)
+    smear[:] = (232, 205, 212)  # background, a red cell and a white cell of a Giemsa-stained field
+    smear[(yy - 5) ** 2 + (xx - 5) ** 2 < 20] = (205, 135, 150)
+    smear[(yy - 14) ** 2 + (xx - 14) ** 2 < 40] = (120, 60, 160)
+    img = np.stack([smear, (smear * [0.6, 1.1, 0.7]).clip(0, 255), smear // 2]).astype(np.uint8)  # also green, dark
+    x = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255
+    out = _lab_restain(x, torch.Generator().manual_seed(0), rec, lambda t: t)
+    mu = rgb_to_lab(out).mean(dim=(2, 3))
+    for c, (lo, hi) in enumerate(rec["lab_mean"]):
+        assert ((mu[:, c] > lo - 3) & (mu[:, c] < hi + 3)).all(), (c, mu[:, c])
+    assert not torch.allclose(out, x, atol=0.05)
+    assert C.augment(img, 16, torch.Generator().manual_seed(0), {"lab_p": 1.0}).shape == (3, 3, 16, 16)
+
+
 # ---------------------------------------------------------------------- training / evaluation
 @pytest.mark.slow
 def test_train_one_epoch_writes_calibrated_checkpoint(trained):

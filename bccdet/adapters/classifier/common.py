@@ -41,6 +41,11 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "aspect": [0.9, 1.1],
         "shift": 0.08,  # centre jitter, fraction of the half side: imperfect detector boxes
         "rotate": True,  # any angle (cells have no orientation) + horizontal flip
+        # share of crops whose CIELAB mean is redrawn and spread rescaled (RandStainNA-style; 0: off). The
+        # ranges span the crops of six sources (PBC, DeepAPL, wbc-seg, BCCD, TXL-PBC's Raabin and BCD fields,
+        # Chula): L 55-85 (Raabin's phone camera is darker than CellaVision's ~80), a -3..20, b -6..10
+        "lab_p": 0.0, "lab_mean": [[55.0, 85.0], [-3.0, 20.0], [-6.0, 10.0]], "lab_std": [0.6, 1.4],
+        "lab_ab_std": [0.6, 2.4],
         "hed_alpha": 0.08, "hed_beta": 0.03,  # stain-like jitter in optical-density (HED) space
         "hue_deg": 25.0, "saturation": [0.6, 1.3], "brightness": 0.08, "contrast": [0.75, 1.25],
         "gain": 0.08,  # per-channel colour cast (BCCD is bluish)

@@ -128,6 +128,50 @@ _RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 
 
+_RGB2XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                     [0.019334, 0.119193, 0.950227]], np.float32)
+_WHITE = np.array([0.950456, 1.0, 1.088754], np.float32)
+
+
+def rgb_to_lab(x):
+    """sRGB in [0, 1], (n, 3, h, w) -> CIELAB (L 0-100, a and b about -128..127), D65, as OpenCV's float LAB."""
+    import torch
+
+    lin = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    xyz = torch.einsum("ij,njhw->nihw", torch.from_numpy(_RGB2XYZ).to(x), lin)
+    xyz = xyz / torch.from_numpy(_WHITE).to(x).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-8) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def lab_to_rgb(lab):
+    """Inverse of :func:`rgb_to_lab` (clipped to [0, 1])."""
+    import torch
+
+    fy = (lab[:, 0] + 16) / 116
+    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
+    xyz = torch.where(f > 0.206893, f ** 3, (f - 16 / 116) / 7.787) * torch.from_numpy(_WHITE).to(lab).view(1, 3, 1, 1)
+    lin = torch.einsum("ij,njhw->nihw", torch.from_numpy(np.linalg.inv(_RGB2XYZ).astype(np.float32)).to(lab), xyz)
+    lin = lin.clamp(0, 1)
+    return torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=1e-8) ** (1 / 2.4) - 0.055, 12.92 * lin).clamp(0, 1)
+
+
+def _lab_restain(x, g, a: dict, d):
+    """Each crop's per-channel CIELAB mean set to a value drawn from ``lab_mean`` (L, a, b ranges) and its
+    spread scaled by a log-uniform draw from ``lab_std`` (L) / ``lab_ab_std`` (a, b): Reinhard's transfer to
+    a random target, as RandStainNA (Shen et al., MICCAI 2022) does, with ranges wider than one lab's."""
+    import torch
+
+    n = x.shape[0]
+    lab = rgb_to_lab(x)
+    mu = lab.mean(dim=(2, 3), keepdim=True)
+    sd = lab.std(dim=(2, 3), keepdim=True).clamp(min=1e-3)
+    target = torch.stack([_u(g, n, *r) for r in a["lab_mean"]], 1).view(n, 3, 1, 1)
+    ls, lab_s = [math.log(v) for v in a["lab_std"]], [math.log(v) for v in a["lab_ab_std"]]
+    scale = torch.exp(torch.stack([_u(g, n, *ls), _u(g, n, *lab_s), _u(g, n, *lab_s)], 1)).view(n, 3, 1, 1)
+    return lab_to_rgb((lab - mu) * d(scale) + d(target))
+
+
 def _u(g, n, lo, hi):
     import torch
 
@@ -170,6 +214,10 @@ def augment(batch_u8, out_size: int, g, aug: dict | None = None, device=None):
     theta = torch.stack([torch.stack([c * sx * flip, -s * sy, tx], 1), torch.stack([s * sx * flip, c * sy, ty], 1)], 1)
     grid = F.affine_grid(d(theta), (n, 3, out_size, out_size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # -- RandStainNA-style: redraw the crop's CIELAB mean and spread (another camera's exposure and stain)
+    pick = d(torch.rand(n, generator=g) < a["lab_p"])
+    if pick.any():
+        x[pick] = _lab_restain(x[pick], g, a, d)
     # -- stain jitter in optical density (HED) space
     m = torch.from_numpy(_RGB_FROM_HED)
     minv = torch.linalg.inv(m)
