@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--classifier", default=None)
     ap.add_argument("--min-score", type=float, default=0.8)
     ap.add_argument("--size", type=int, default=352)
+    ap.add_argument("--repeat", type=int, default=1, help="list each crop this many times (more draws beside PBC's 13,000)")
     a = ap.parse_args()
 
     import cv2
@@ -89,7 +90,7 @@ def main() -> None:
     with open(out / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["file", "label", "split", "source"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows([r for r in rows for _ in range(a.repeat)])
     kept = Counter(r["source"] for r in rows)
     print("white cells found / kept: " + ", ".join(f"{s} {seen[s]} / {kept[s]}" for s in seen))
     print("pseudo-labels: " + ", ".join(f"{k} {v}" for k, v in Counter(r["label"] for r in rows).most_common()))

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...io import write_bytes_atomic
 from ...vocab import LABELS
-from .common import REVIEW_LABELS, REVIEW_THRESHOLD
+from .common import REVIEW_LABELS, REVIEW_THRESHOLD, UNFAMILIAR_ABNORMAL_MIN
 
 
 def fit_temperature(logits, y, max_iter: int = 100) -> float:
@@ -47,15 +47,25 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def assign_labels(probs: np.ndarray, kinds: Sequence[str] | None = None,
-                  threshold: float = REVIEW_THRESHOLD) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(label, top probability, review) per row of calibrated ``probs`` (columns = LABELS).
+                  threshold: float = REVIEW_THRESHOLD,
+                  unfamiliar: Sequence[bool] | np.ndarray | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(label, its probability, review) per row of calibrated ``probs`` (columns = LABELS).
 
-    Review when the top probability is below ``threshold``, when the label is abnormal
+    The label is the most probable one, except on an ``unfamiliar`` cell whose most probable label is
+    abnormal with less than ``UNFAMILIAR_ABNORMAL_MIN`` (0.5) of the probability: that cell gets its most
+    probable normal type instead (and is reviewed, as every unfamiliar cell is). Other labs' normal cells
+    are the ones called smudge cell or variant lymphocyte by a narrow margin (python -m
+    bench.classifier_domains; docs/models.md).
+
+    Review when the label's probability is below ``threshold``, when the label is abnormal
     (blast, promyelocyte, smudge_cell, variant_lymphocyte: always reviewed), or when the label
     contradicts the detector's kind (a ``wbc`` labelled platelet, a ``platelet`` labelled otherwise).
     """
     p = np.asarray(probs, np.float64).reshape(-1, len(LABELS))
     top = p.argmax(1)
+    if unfamiliar is not None and len(p):
+        weak = np.asarray(unfamiliar, bool) & np.isin(top, _ABNORMAL_COLS) & (p.max(1) < UNFAMILIAR_ABNORMAL_MIN)
+        top[weak] = _NORMAL_COLS[p[weak][:, _NORMAL_COLS].argmax(1)]
     labels = [LABELS[i] for i in top]
     score = p[np.arange(len(p)), top].astype(np.float32)
     review = (score < threshold) | np.array([lab in REVIEW_LABELS for lab in labels], bool)
@@ -64,6 +74,10 @@ def assign_labels(probs: np.ndarray, kinds: Sequence[str] | None = None,
             if (k == "wbc" and lab == "platelet") or (k == "platelet" and lab != "platelet"):
                 review[i] = True
     return labels, score, review
+
+
+_ABNORMAL_COLS = np.array([LABELS.index(lab) for lab in sorted(REVIEW_LABELS)])
+_NORMAL_COLS = np.array([i for i, lab in enumerate(LABELS) if lab not in REVIEW_LABELS])
 
 
 # ====================================================================== familiarity (is this cell like the training data?)

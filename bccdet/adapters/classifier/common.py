@@ -19,6 +19,11 @@ REVIEW_THRESHOLD = 0.6
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 REVIEW_LABELS = frozenset(ABNORMAL_LABELS)
+# An unfamiliar cell (unlike the training cells) gets an abnormal label only with at least this much of the
+# probability, else its most probable normal type: the majority rule, not a fitted value. Measured
+# (python -m bench.classifier_domains, 2026-12-04): Raabin field cells 0.438 -> 0.500, wbc-seg 0.63 -> 0.68,
+# PBC test and DeepAPL blast recall unchanged (docs/models.md, "White cells of other labs").
+UNFAMILIAR_ABNORMAL_MIN = 0.5
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "arch": ARCH,

@@ -96,7 +96,7 @@ def adapt_rows(rows: Sequence[dict], prior: Sequence[float] | None = None, thres
         return info
     p = np.array([[float(r.get(f"p_{lab}") or 0.0) for lab in LABELS] for r in ok])
     q, pi, iters = adapt_prior(p, prior, alpha, max_ratio)
-    labels, score, review = assign_labels(q, None, threshold)
+    labels, score, review = assign_labels(q, None, threshold, [bool(r.get("unfamiliar")) for r in ok])
     changed = 0
     for r, lab, s, rv, pr, qr in zip(ok, labels, score, review, p, q):
         alone = r["label"]

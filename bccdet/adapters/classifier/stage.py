@@ -133,8 +133,8 @@ class CellClassifier:
         """(probabilities, labels, scores, review, unfamiliar or None) of crops: :func:`assign_labels` on the
         calibrated probabilities, and every unfamiliar crop (this classifier's familiarity file) reviewed."""
         probs, fam = self.predict_crops_familiarity(crops, batch_size or self.batch_size)
-        labels, score, review = assign_labels(probs, kinds, self.threshold)
         unfamiliar = None if fam is None else fam > self.familiarity["threshold"]
+        labels, score, review = assign_labels(probs, kinds, self.threshold, unfamiliar)
         if unfamiliar is not None:  # a cell unlike any the classifier was trained on: its label is less reliable
             review = review | unfamiliar
         return probs, labels, score, review, unfamiliar
