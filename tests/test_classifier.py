@@ -528,6 +528,23 @@ def test_adapt_prior_recovers_a_label_shift_and_types_more_cells_right():
     assert (qb.argmax(1) == y).mean() > (p.argmax(1) == y).mean()
 
 
+def test_an_unfamiliar_cell_gets_an_abnormal_label_only_by_a_majority():
+    """Other labs' normal cells are called smudge cell / variant lymphocyte by a narrow margin: on an
+    unfamiliar cell such a call gives way to the most probable normal type (still reviewed); a familiar
+    cell, or an abnormal label with half the probability or more, keeps its call."""
+    ism, ily, ibl, ine = (LABELS.index(k) for k in ("smudge_cell", "lymphocyte", "blast", "neutrophil"))
+    p = np.full((4, len(LABELS)), 0.0)
+    p[:, ism], p[:, ily], p[:, ine] = 0.45, 0.30, 0.25  # smudge cell by a narrow margin
+    p[2] = 0.0
+    p[2, ibl], p[2, ine] = 0.55, 0.45  # blast by a majority
+    p[3] = 0.0
+    p[3, ine], p[3, ily] = 0.9, 0.1
+    labels, score, review = C.assign_labels(p, ["wbc"] * 4, 0.6, unfamiliar=[True, False, True, True])
+    assert labels == ["lymphocyte", "smudge_cell", "blast", "neutrophil"]
+    assert score[0] == pytest.approx(0.30) and review[:3].all() and not review[3]
+    assert C.assign_labels(p)[0][0] == "smudge_cell"  # no familiarity known: the plain call
+
+
 def _rows(p):
     labels, score, review = C.assign_labels(p)
     return [{"file": f"c{i}.png", "label": lab, "label_score": round(float(s), 4), "review": bool(rv), "reason": "",
