@@ -36,7 +36,8 @@ def unfamiliar_flag(n_unfamiliar: int, n_scored: int, min_cells: int = UNFAMILIA
     return {"code": "unfamiliar_images", "message": (
         f"{n_unfamiliar} of {n_scored} typed cells ({100.0 * n_unfamiliar / n_scored:.0f}%) look unlike the CellaVision "
         "images the classifier was trained on (another lab, camera or stain?): expect less reliable labels (measured: "
-        "0.63 accuracy on another lab's normal cells against 0.99 on PBC); review them")}
+        "0.50-0.90 accuracy on white cells of other labs' fields and 0.68 on another lab's CellaVision cells, against "
+        "0.99 on PBC; docs/models.md); review them")}
 
 
 def abnormal_flag(code: str, what: str, n_unfamiliar: int, then: str = "") -> dict:
