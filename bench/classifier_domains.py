@@ -24,21 +24,12 @@ per-type sensitivity. Prints the machine.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import REPO, WBCSEG_NAMES, print_machine, wbcseg_cells
-
-NORMAL5 = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
-FIELD_LABELS = REPO / "datasets" / "field-wbc" / "labels.csv"
-
-
-def field_rows(path: Path = FIELD_LABELS) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from bench.common import NORMAL5, REPO, field_wbc_rows, normal5_probs, print_machine, wbcseg_cells
 
 
 def type_field_cells(clf, rows: list[dict], root: Path) -> list[dict]:
@@ -78,8 +69,7 @@ def type_images(clf, files: list[Path]) -> list[tuple[str, bool, np.ndarray]]:
 def row_of(name: str, truth: list[str], pred: list[str], probs: np.ndarray, unfamiliar: list[bool],
            sure: list[bool], labels: list[str]) -> dict:
     t, p, u, s = np.array(truth), np.array(pred), np.array(unfamiliar, bool), np.array(sure, bool)
-    keep = [labels.index(n) for n in NORMAL5]
-    p5 = np.array([NORMAL5[i] for i in np.argmax(probs[:, keep], 1)])
+    p5 = np.array([NORMAL5[i] for i in normal5_probs(probs, labels).argmax(1)])
     ok, ok5 = t == p, t == p5
 
     def acc(m, v=ok):
@@ -124,7 +114,7 @@ def main() -> None:
 
     root = data_root(required=True)
     print_machine()
-    rows = field_rows()
+    rows = field_wbc_rows()
     for w in a.weights:
         clf = load_classifier(w, runtime=a.runtime)
         labels = list(clf.labels)

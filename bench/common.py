@@ -92,7 +92,24 @@ def count_hits(hit: dict, cells, gt) -> None:
 
 # wbc-seg (Zheng et al. 2018, Dataset 2): 100 CellaVision-style single-cell images from another lab, with
 # their labels, as the classifier benches read them (never used in training). labels.csv "class" 1..5:
-WBCSEG_NAMES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+NORMAL5 = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+"""The five white-cell types of normal blood (wbc-seg's classes 1..5, in its order)."""
+WBCSEG_NAMES = list(NORMAL5)
+FIELD_WBC_LABELS = REPO / "datasets" / "field-wbc" / "labels.csv"
+"""Hand-typed white cells of other labs' fields (datasets/field-wbc/README.md)."""
+TXL_FIELD_SOURCES = {(575, 575): "txl-raabin", (256, 256): "txl-256"}
+"""TXL-PBC's non-CellaVision, non-BCCD sources, told apart by image size (Raabin-WBC, BCD)."""
+
+
+def field_wbc_rows(path: Path = FIELD_WBC_LABELS) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def normal5_probs(probs: np.ndarray, labels) -> np.ndarray:
+    """Probabilities of the five normal types (``NORMAL5`` order), renormalised to sum to 1 per row."""
+    p = np.asarray(probs)[:, [list(labels).index(n) for n in NORMAL5]]
+    return p / p.sum(1, keepdims=True)
 
 
 def wbcseg_cells(required: bool = True) -> tuple[list[Path], list[str]] | None:

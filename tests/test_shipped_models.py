@@ -220,17 +220,18 @@ def test_shipped_classifier_on_white_cells_that_analyze_cuts_from_other_labs_fie
     are the known gap (python -m bench.classifier_domains: 0.44 on the 12 labels, 0.61 among the five
     normal types), pinned here so a regression shows; a box holding no white cell goes to review."""
     _needs("classifier", data_root, "txl-pbc")
-    from bench.classifier_domains import NORMAL5, field_rows, type_field_cells
+    from bench.classifier_domains import type_field_cells
+    from bench.common import NORMAL5, field_wbc_rows, normal5_probs
 
-    typed = type_field_cells(_shipped_classifier(), [r for r in field_rows() if r["source"] != "bccd"], data_root)
+    clf = _shipped_classifier()
+    typed = type_field_cells(clf, [r for r in field_wbc_rows() if r["source"] != "bccd"], data_root)
 
     def acc(src, five=False, sure=True):
         rs = [r for r in typed if r["source"] == src and r["label"] in NORMAL5 and (r["certainty"] == "sure" or not sure)]
         if five:
-            return np.mean([NORMAL5[int(np.argmax([r["probs"][LABELS.index(n)] for n in NORMAL5]))] == r["label"] for r in rs])
+            calls = normal5_probs(np.stack([r["probs"] for r in rs]), clf.labels).argmax(1)
+            return np.mean([NORMAL5[i] == r["label"] for i, r in zip(calls, rs)])
         return np.mean([r["pred"] == r["label"] for r in rs])
-
-    from bccdet.vocab import LABELS
 
     assert acc("txl-256") >= 0.95 and acc("txl-256", sure=False) >= 0.85
     assert acc("txl-raabin", five=True, sure=False) >= 0.55
@@ -247,9 +248,10 @@ def test_field_adapted_classifier_types_phone_camera_cells_better(data_root):
     BCD 0.95 against 0.90), and it still types PBC cells."""
     _needs("classifier", data_root, "txl-pbc")
     from bccdet.adapters.classifier import load_classifier
-    from bench.classifier_domains import field_rows, type_field_cells
+    from bench.classifier_domains import type_field_cells
+    from bench.common import field_wbc_rows
 
-    rows = [r for r in field_rows() if r["source"] in ("txl-raabin", "txl-256")]
+    rows = [r for r in field_wbc_rows() if r["source"] in ("txl-raabin", "txl-256")]
 
     def acc(clf):
         typed = [r for r in type_field_cells(clf, rows, data_root) if r["label"] != "not_wbc"]

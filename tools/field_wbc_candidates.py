@@ -26,23 +26,18 @@ from pathlib import Path
 import numpy as np
 
 from bccdet.data import data_root
+from bench.common import TXL_FIELD_SOURCES
 
-SOURCES = {
-    "txl-raabin": ("txl-pbc", lambda s: s == (575, 575)),
-    "txl-256": ("txl-pbc", lambda s: s == (256, 256)),
-    "bccd": ("bccd", None),
-    "chula": ("chula-rbc-12", None),
-}
+SOURCES = (*TXL_FIELD_SOURCES.values(), "bccd", "chula")
 
 
 def fields(root: Path, source: str) -> list[Path]:
     from PIL import Image
 
-    folder, size_ok = SOURCES[source]
-    if folder == "txl-pbc":
+    if source in TXL_FIELD_SOURCES.values():
         files = sorted((root / "txl-pbc" / "images").glob("*/*"))
-        return [f for f in files if size_ok(Image.open(f).size)]
-    if folder == "bccd":
+        return [f for f in files if TXL_FIELD_SOURCES.get(Image.open(f).size) == source]
+    if source == "bccd":
         ids = (root / "bccd" / "ImageSets" / "Main" / "test.txt").read_text().split()
         return [root / "bccd" / "JPEGImages" / f"{i}.jpg" for i in ids]
     return sorted((root / "chula-rbc-12" / "images").glob("*.webp"))

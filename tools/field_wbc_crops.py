@@ -21,21 +21,18 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from bccdet.data import data_root
-
-NORMAL5 = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+from bench.common import NORMAL5, TXL_FIELD_SOURCES, field_wbc_rows, normal5_probs
 
 
 def sources(root: Path) -> list[tuple[str, Path]]:
     from PIL import Image
 
-    held = {r["image"] for r in csv.DictReader(open(Path(__file__).resolve().parent.parent / "datasets" / "field-wbc" / "labels.csv"))}
+    held = {r["image"] for r in field_wbc_rows()}
     out = []
     for f in sorted((root / "txl-pbc" / "images").glob("*/*")):
         size = Image.open(f).size
-        src = {(575, 575): "txl-raabin", (256, 256): "txl-256"}.get(size)
+        src = TXL_FIELD_SOURCES.get(size)
         if src and str(f.relative_to(root)) not in held:
             out.append((src, f))
     main = root / "bccd" / "ImageSets" / "Main"
@@ -69,7 +66,6 @@ def main() -> None:
     (out / "crops").mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(refine=False, classify=False, rbc_morphology=False)
     clf = load_classifier(a.classifier)
-    keep = [clf.labels.index(n) for n in NORMAL5]
     rows, seen = [], Counter()
     for src, f in tqdm(sources(root), desc="fields", unit="field"):
         img = read_image(f)
@@ -78,8 +74,7 @@ def main() -> None:
         if not len(boxes):
             continue
         crops = [cell_crop(img, b, size=a.size) for b in boxes]
-        probs = clf.predict_crops([clf.crop_single(c) for c in crops])[:, keep]
-        probs = probs / probs.sum(1, keepdims=True)
+        probs = normal5_probs(clf.predict_crops([clf.crop_single(c) for c in crops]), clf.labels)
         for j, (c, p) in enumerate(zip(crops, probs)):
             seen[src] += 1
             if p.max() < a.min_score:

@@ -165,7 +165,6 @@ def _lab_restain(x, g, a: dict, d):
     n = x.shape[0]
     lab = rgb_to_lab(x)
     mu = lab.mean(dim=(2, 3), keepdim=True)
-    sd = lab.std(dim=(2, 3), keepdim=True).clamp(min=1e-3)
     target = torch.stack([_u(g, n, *r) for r in a["lab_mean"]], 1).view(n, 3, 1, 1)
     ls, lab_s = [math.log(v) for v in a["lab_std"]], [math.log(v) for v in a["lab_ab_std"]]
     scale = torch.exp(torch.stack([_u(g, n, *ls), _u(g, n, *lab_s), _u(g, n, *lab_s)], 1)).view(n, 3, 1, 1)
